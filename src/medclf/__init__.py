@@ -1,0 +1,33 @@
+"""medclf: a folder of medical images to a trained, honestly evaluated classifier.
+
+Public API::
+
+    import medclf
+    result = medclf.train("data/covid19-xray", overrides=["train.max_epochs=5"])
+    result.run_dir, result.metrics["roc_auc"]
+    medclf.evaluate(result.run_dir)
+    medclf.predict(result.run_dir, ["image.png"])
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "evaluate", "predict", "__version__"]
+
+
+def train(data, config=None, overrides=None, out="runs", name=None, progress=True):
+    """Train and evaluate; see :func:`medclf.training.run.train`."""
+    from .training.run import train as _train
+    return _train(data, config=config, overrides=overrides, out=out, name=name, progress=progress)
+
+
+def evaluate(run_dir, data=None):
+    """Re-evaluate a run; see :func:`medclf.evaluation.evaluate.evaluate_run`."""
+    from .evaluation.evaluate import evaluate_run
+    return evaluate_run(run_dir, data=data)
+
+
+def predict(run_dir, paths):
+    """Predict images with a run's model; see :func:`medclf.predict.predict_files`."""
+    from .predict import predict_files
+    return predict_files(run_dir, paths)

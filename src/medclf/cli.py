@@ -1,0 +1,99 @@
+"""The ``medclf`` command: train, evaluate, predict.
+
+User errors (bad data, bad configuration, a diverged run) print a clear message and exit
+with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import MedclfError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="configuration file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medclf", description=__doc__.splitlines()[0])
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"medclf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train and evaluate a classifier on a dataset folder")
+    p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
+    _common(p)
+    p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
+    p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="re-evaluate a finished run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="evaluate on this folder instead of the run's test split")
+
+    p = sub.add_parser("predict", help="predict image files with a run's model")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--csv", help="also write the predictions to this CSV file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="medclf: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except MedclfError as err:
+        print(f"medclf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medclf: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from .evaluation.metrics import summary_lines
+    from .training.run import train
+    result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
+                   name=args.name, progress=not args.no_progress)
+    print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
+    print(result.run_dir)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate_run
+    from .evaluation.metrics import summary_lines
+    out, metrics = evaluate_run(args.run, data=args.data)
+    print("\n".join(summary_lines(metrics, metrics["class_names"])))
+    print(out)
+    return 0
+
+
+def _predict(args) -> int:
+    from .io import write_csv
+    from .predict import predict_files
+    frame = predict_files(args.run, args.images)
+    prob_cols = [c for c in frame.columns if c.startswith("prob_")]
+    for _, row in frame.iterrows():
+        if row.error:
+            print(f"{row.path}: error: {row.error}")
+            continue
+        probs = "  ".join(f"{c[5:]}={row[c]:.3f}" for c in prob_cols)
+        print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}")
+    if args.csv:
+        write_csv(args.csv, frame)
+        print(Path(args.csv))
+    return 1 if (frame.error != "").any() else 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data stage: discover a dataset, read and preprocess images, build the DataLoaders."""

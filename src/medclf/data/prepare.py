@@ -1,0 +1,66 @@
+"""Manifest -> preprocessed tensors per split (the input of the DataModule)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import DataError
+from .discover import Manifest
+from .preprocess import check_bad_files, preprocess_all
+
+
+def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tuple[str, str]]]:
+    """Preprocess every image of the manifest once.
+
+    Returns:
+        ``(splits, kept, bad)``: ``splits[split] = (images, labels)`` with images float32
+        ``(N, C, H, W)`` and labels int64 ``(N,)``; ``kept`` the manifest without bad files
+        (with a ``sha`` column of content hashes); ``bad`` the ``(path, reason)`` list.
+
+    Raises:
+        BadFilesError: unreadable files and ``data.on_bad_file='error'`` (lists them all).
+        DataError: a split loses all images of a class by skipping.
+    """
+    frame = manifest.frame
+    arrays, hashes, bad = preprocess_all(list(frame.path), config)
+    check_bad_files(bad, config.data.on_bad_file)
+    keep = np.array([a is not None for a in arrays])
+    kept_frame = frame[keep].copy()
+    kept_frame["sha"] = [h for h in hashes if h is not None]
+    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    kept_arrays = [a for a in arrays if a is not None]
+    splits = {}
+    for split in ("train", "val", "test"):
+        rows = np.flatnonzero(kept.frame.split.to_numpy() == split)
+        if len(rows) == 0:
+            raise DataError(f"the {split} split has no readable images")
+        images = torch.from_numpy(np.stack([kept_arrays[i] for i in rows]))
+        labels = torch.tensor(kept.labels(split), dtype=torch.long)
+        splits[split] = (images, labels)
+    train_counts = pd.Series(kept.labels("train")).value_counts()
+    missing = [n for i, n in enumerate(manifest.class_names) if i not in train_counts.index]
+    if missing:
+        raise DataError(f"no readable training images left for class(es): {', '.join(missing)}")
+    return splits, kept, bad
+
+
+def prepare_images(manifest: Manifest, config) -> tuple[torch.Tensor, Manifest, list[tuple[str, str]]]:
+    """Preprocess every image of a manifest, ignoring its splits (evaluation, prediction).
+
+    Returns:
+        ``(images, kept, bad)`` with images float32 ``(N, C, H, W)`` in ``kept`` order.
+
+    Raises:
+        BadFilesError: unreadable files and ``data.on_bad_file='error'``.
+        DataError: no readable image at all.
+    """
+    arrays, hashes, bad = preprocess_all(list(manifest.frame.path), config)
+    check_bad_files(bad, config.data.on_bad_file)
+    keep = np.array([a is not None for a in arrays], dtype=bool)
+    if not keep.any():
+        raise DataError("none of the given images can be read")
+    frame = manifest.frame[keep].copy()
+    frame["sha"] = [h for h in hashes if h is not None]
+    kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    return torch.from_numpy(np.stack([a for a in arrays if a is not None])), kept, bad

@@ -1,0 +1,1 @@
+"""Evaluation stage: predictions -> metrics -> plots."""

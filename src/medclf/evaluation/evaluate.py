@@ -1,0 +1,53 @@
+"""``medclf evaluate``: re-evaluate a run's best checkpoint on its test split or new data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import rundir
+from ..data.discover import Manifest, discover_labelled
+from ..data.prepare import prepare_images
+from ..errors import DataError
+from .run import load_model, pick_device, predict_probabilities, write_evaluation
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Path, dict]:
+    """Evaluate the run's best checkpoint.
+
+    Args:
+        run_dir: a run directory written by ``medclf train``.
+        data: optional class-per-folder tree to evaluate on instead of the run's own test
+            split; its ``test/`` folder if it has one, else every image. Its class folders
+            must be classes the run knows.
+
+    Returns:
+        ``(output_dir, metrics)``: the run directory itself (own test split) or
+        ``run_dir/evaluations/<data name>/``, and the metrics dict.
+
+    Raises:
+        RunDirError, DataError: not a run directory; unknown classes; unreadable files.
+    """
+    run = rundir.load_run(run_dir)
+    if data is None:
+        split = run.split()
+        frame = split[split.split == "test"].reset_index(drop=True)
+        out = run.path
+    else:
+        frame = discover_labelled(data)
+        unknown = sorted(set(frame.label) - set(run.class_names))
+        if unknown:
+            raise DataError(f"{data}: class folder(s) {', '.join(unknown)} are not classes of this run "
+                            f"({', '.join(run.class_names)})")
+        out = run.path / "evaluations" / rundir.slug(Path(data).resolve().name)
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(frame[["path", "label"]].assign(split="test"), run.class_names)
+    images, kept, bad = prepare_images(manifest, run.config)
+    labels = pd.Series(kept.labels("test")).to_numpy()
+    model = load_model(run)
+    probabilities = predict_probabilities(model, images, run.config.eval.batch_size,
+                                          pick_device(run.config.trainer.accelerator))
+    checkpoint = str(run.checkpoint.relative_to(run.path))
+    extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
+    metrics = write_evaluation(out, kept.frame, probabilities, labels, run.class_names, checkpoint, extra)
+    return out, metrics

@@ -1,0 +1,84 @@
+"""A name -> builder registry, in the manner of timm's ``create_model``."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator: register ``builder(model_config, in_channels, num_classes) -> nn.Module``."""
+    def wrap(builder):
+        _REGISTRY[name] = builder
+        return builder
+    return wrap
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
+    """Build the network named by ``model_config.name``.
+
+    The network maps ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes to
+    logits ``(N, num_classes)``. Weight initialisation follows ``model_config.init``; if
+    ``model_config.weights`` names a file, those weights are loaded on top.
+
+    Raises:
+        ConfigError: unknown model name, or weights that do not fit the network.
+    """
+    try:
+        builder = _REGISTRY[model_config.name]
+    except KeyError:
+        raise ConfigError(f"model.name: unknown model {model_config.name!r}; "
+                          f"available: {', '.join(available_models())}") from None
+    model = builder(model_config, in_channels, num_classes)
+    initialise(model, model_config.init)
+    if model_config.weights:
+        load_weights(model, model_config.weights)
+    return model
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """He (Kaiming, He et al. 2015) or Xavier (Glorot & Bengio 2010) init of conv/linear weights."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            if scheme == "he":
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load user-supplied weights: a plain state_dict or a Lightning checkpoint.
+
+    Keys prefixed ``model.`` (as in medclf checkpoints) are stripped. Loading uses
+    ``weights_only=True``, so a file cannot execute code.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or its tensors do not fit the model.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model.weights: file not found: {path}") from None
+    except Exception as err:  # noqa: BLE001  (any unpickling problem is a bad file)
+        raise ConfigError(f"model.weights: cannot load {path}: {err}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if any(k.startswith("model.") for k in state):  # a medclf (Lightning) checkpoint
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"model.weights: {path} does not fit model: {err}") from None

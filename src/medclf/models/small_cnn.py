@@ -1,0 +1,71 @@
+"""A configurable small CNN for 2D images and 3D volumes, built from MONAI blocks."""
+from __future__ import annotations
+
+from monai.networks.blocks import Convolution
+from monai.networks.layers import Pool
+from torch import nn
+
+from .registry import register_model
+
+_NORMS = {"batch": "BATCH", "instance": "INSTANCE", "group": ("GROUP", {"num_groups": 8}), "none": None}
+_ACTS = {"relu": "RELU", "leakyrelu": ("LEAKYRELU", {"negative_slope": 0.1}), "elu": "ELU",
+         "gelu": "GELU", "prelu": "PRELU"}
+
+
+class SmallCNN(nn.Module):
+    """Stem convolution, then stages of conv-norm-activation blocks, global pooling, linear.
+
+    Input ``(N, in_channels, H, W)`` (2D) or ``(N, in_channels, D, H, W)`` (3D); output
+    logits ``(N, num_classes)``. The stem (``stem_kernel_size``, ``stem_stride``) shrinks
+    large inputs cheaply; each stage after the first starts with a convolution of stride
+    ``stride``. Blocks are MONAI ``Convolution`` (conv -> norm -> activation).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        num_classes: output classes.
+        filters: output channels of each stage.
+        blocks_per_stage: convolution blocks per stage.
+        kernel_size, stride, padding: of the stage convolutions (pixels); ``padding=None``
+            keeps the size for odd kernels.
+        stem_kernel_size, stem_stride: of the first convolution.
+        dropout: dropout before the linear classifier.
+        activation, norm: names as in :class:`medclf.config.ModelConfig`.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
+                 filters=(32, 64, 128, 256), blocks_per_stage: int = 2, kernel_size: int = 3,
+                 stride: int = 2, padding: int | None = None, stem_kernel_size: int = 5,
+                 stem_stride: int = 2, dropout: float = 0.2, activation: str = "relu",
+                 norm: str = "batch"):
+        super().__init__()
+        act, nrm = _ACTS[activation], _NORMS[norm]
+
+        def block(cin, cout, k, s, p=None):
+            return Convolution(spatial_dims, cin, cout, strides=s, kernel_size=k, act=act,
+                               norm=nrm, padding=p, bias=nrm is None)
+
+        layers = [block(in_channels, filters[0], stem_kernel_size, stem_stride),
+                  Pool["MAX", spatial_dims](kernel_size=2)] if stem_stride > 1 else \
+                 [block(in_channels, filters[0], stem_kernel_size, 1)]
+        channels = filters[0]
+        for i, width in enumerate(filters):
+            for j in range(blocks_per_stage):
+                s = stride if (i > 0 and j == 0) else 1
+                layers.append(block(channels, width, kernel_size, s, padding))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = Pool["ADAPTIVEAVG", spatial_dims](1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)))
+
+
+@register_model("small_cnn")
+def small_cnn(cfg, in_channels: int, num_classes: int) -> nn.Module:
+    return SmallCNN(cfg.spatial_dims, in_channels, num_classes, filters=cfg.filters,
+                    blocks_per_stage=cfg.blocks_per_stage, kernel_size=cfg.kernel_size,
+                    stride=cfg.stride, padding=cfg.padding, stem_kernel_size=cfg.stem_kernel_size,
+                    stem_stride=cfg.stem_stride, dropout=cfg.dropout, activation=cfg.activation,
+                    norm=cfg.norm)

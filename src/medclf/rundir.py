@@ -1,0 +1,90 @@
+"""The run directory: naming, creation, and reading a finished run back."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .config import Config, validate
+from .errors import RunDirError
+
+CONFIG = "config.yaml"
+SPLIT = "split.csv"
+DATASET = "dataset.json"
+METRICS = "metrics.csv"
+TEST_METRICS = "test_metrics.json"
+PREDICTIONS = "predictions.csv"
+BAD_FILES = "bad_files.csv"
+BEST = "checkpoints/best.ckpt"
+LAST = "checkpoints/last.ckpt"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
+
+
+def create_run_dir(out: str | Path, name: str | None, data_name: str) -> Path:
+    """Create a new, empty run directory under ``out``; never reuse an existing one.
+
+    The default name is ``<data>-<YYYYmmdd-HHMMSS>``; when the name exists, ``-2``, ``-3``
+    ... is appended.
+
+    Raises:
+        RunDirError: ``out`` cannot be created or written.
+    """
+    out = Path(out)
+    base = slug(name) if name else f"{slug(data_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            path = out / (base if i == 1 else f"{base}-{i}")
+            try:
+                path.mkdir()
+                (path / "checkpoints").mkdir()
+                (path / "plots").mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise RunDirError(f"cannot create a run directory in {out}: {err.strerror or err}") from None
+    raise RunDirError(f"too many runs named {base} in {out}")
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run read back from its directory."""
+
+    path: Path
+    config: Config
+    class_names: list[str]
+    dataset: dict
+
+    @property
+    def checkpoint(self) -> Path:
+        for name in (BEST, LAST):
+            if (self.path / name).exists():
+                return self.path / name
+        raise RunDirError(f"{self.path} has no checkpoint ({BEST} or {LAST}): the run did not "
+                          "finish its first epoch")
+
+    def split(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / SPLIT)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read config.yaml and dataset.json of a run directory.
+
+    Raises:
+        RunDirError: the folder is not a medclf run directory.
+    """
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / DATASET).is_file():
+        raise RunDirError(f"{path} is not a medclf run directory (needs {CONFIG} and {DATASET})")
+    config = validate(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")))
+    dataset = json.loads((path / DATASET).read_text(encoding="utf-8"))
+    return Run(path, config, dataset["class_names"], dataset)

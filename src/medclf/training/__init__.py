@@ -1,0 +1,1 @@
+"""Training stage: the LightningModule, callbacks and the run orchestration."""

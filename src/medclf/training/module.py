@@ -1,0 +1,149 @@
+"""The LightningModule: model, weighted cross-entropy, optimiser, schedule, epoch metrics."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAUROC
+
+from ..errors import TrainingDivergedError
+
+MONITOR_MODES = {"val_roc_auc": "max", "val_loss": "min", "val_accuracy": "max",
+                 "val_balanced_accuracy": "max"}
+
+
+class Classifier(L.LightningModule):
+    """Wraps a network ``(N, C, *spatial) -> (N, num_classes)`` for training.
+
+    Per epoch it logs ``{train,val}_{loss,accuracy,balanced_accuracy,roc_auc}`` (ROC AUC is
+    one-vs-rest macro, which for two classes equals the binary AUC) and ``val_selection``:
+    the monitored metric with ties broken by the lower validation loss, used to pick the
+    best checkpoint.
+
+    Args:
+        model: the network.
+        num_classes: number of classes.
+        train_config: the ``train`` config section.
+        class_weights: float tensor ``(num_classes,)`` for the cross-entropy, or None.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, train_config, class_weights=None):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.cfg = train_config
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.as_tensor(class_weights, dtype=torch.float32))
+        self._outputs = {"train": [], "val": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits, labels, weight=self.class_weights,
+                               label_smoothing=self.cfg.label_smoothing)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}. Likely causes: a learning rate too high (train.lr="
+                f"{self.cfg.lr}; try 10x lower), inputs that are not normalised "
+                f"(preprocess.normalization), or gradient clipping switched off "
+                f"(train.gradient_clip). The run stopped instead of training on garbage.")
+        self._outputs["train"].append((logits.detach().float(), labels, loss.detach() * len(labels)))
+        self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        self._outputs["val"].append((logits.float(), labels, loss * len(labels)))
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            self._outputs["val"].clear()
+            return
+        metrics = {}
+        for split in ("train", "val"):
+            if self._outputs[split]:
+                metrics.update(epoch_metrics(split, self._outputs[split], self.num_classes))
+            self._outputs[split].clear()
+        monitor = self.cfg.monitor
+        if monitor in metrics and "val_loss" in metrics and monitor != "val_loss":
+            # among equal AUCs (frequent on a small validation split) prefer the lower loss
+            metrics["val_selection"] = metrics[monitor] - 1e-4 * min(metrics["val_loss"], 10.0)
+        elif monitor in metrics:
+            metrics["val_selection"] = metrics[monitor]
+        for key, value in metrics.items():
+            self.log(key, torch.tensor(value, dtype=torch.float32), prog_bar=key in ("val_loss", "val_roc_auc"))
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        params = self.parameters()
+        if cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                        nesterov=cfg.nesterov and cfg.momentum > 0,
+                                        weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                                            weight_decay=cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, cfg, self.trainer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def build_scheduler(optimizer, cfg, trainer):
+    """The learning-rate schedule as a Lightning scheduler dict (or None for 'none')."""
+    steps_per_epoch = max(1, math.ceil(trainer.estimated_stepping_batches / max(1, trainer.max_epochs)))
+    total = max(2, int(trainer.estimated_stepping_batches))
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    sched = torch.optim.lr_scheduler
+    if cfg.schedule == "none":
+        return None
+    if cfg.schedule == "step":
+        return {"scheduler": sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma),
+                "interval": "epoch"}
+    if cfg.schedule == "plateau":
+        return {"scheduler": sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma, patience=5),
+                "interval": "epoch", "monitor": "val_loss"}
+    if cfg.schedule == "onecycle":
+        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                              pct_start=max(warmup / total, 0.01),
+                                              anneal_strategy="cos"), "interval": "step"}
+    # cosine with linear warm-up
+    cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup > 0:
+        linear = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+        cosine = sched.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    return {"scheduler": cosine, "interval": "step"}
+
+
+def epoch_metrics(split: str, outputs, num_classes: int) -> dict[str, float]:
+    """Loss, accuracy, balanced accuracy and macro one-vs-rest ROC AUC over one epoch."""
+    logits = torch.cat([o[0] for o in outputs])
+    labels = torch.cat([o[1] for o in outputs])
+    loss = float(sum(o[2] for o in outputs) / len(labels))
+    preds = logits.argmax(dim=1)
+    recalls = [(preds[labels == c] == c).float().mean() for c in range(num_classes) if (labels == c).any()]
+    result = {f"{split}_loss": loss,
+              f"{split}_accuracy": float((preds == labels).float().mean()),
+              f"{split}_balanced_accuracy": float(torch.stack(recalls).mean())}
+    if len(torch.unique(labels)) == num_classes:
+        auroc = MulticlassAUROC(num_classes=num_classes, average="macro", thresholds=None)
+        result[f"{split}_roc_auc"] = float(auroc(logits.softmax(dim=1).cpu(), labels.cpu()))
+    else:
+        result[f"{split}_roc_auc"] = float("nan")
+    return result
