@@ -12,8 +12,8 @@ def test_train_test_layout_carves_stratified_validation(tmp_path):
     manifest = discover(root, val_fraction=0.15, seed=1)
     counts = manifest.counts()
     assert set(counts) == {"train", "val", "test"}
-    assert counts["val"] == {"bar": 3, "disk": 6}  # 15 % of 60, stratified 1:2
-    assert counts["test"] == {"bar": 6, "disk": 13}
+    assert counts["val"] == {"bar": 6, "disk": 3}  # 15 % of 60, stratified 2:1
+    assert counts["test"] == {"bar": 13, "disk": 6}
     assert sum(counts["train"].values()) == 60 - 9
     assert manifest.class_names == ["bar", "disk"]
     assert discover(root, seed=1).frame.equals(manifest.frame)  # seeded

@@ -168,6 +168,11 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
