@@ -28,6 +28,6 @@ def evaluate(run_dir, data=None):
 
 
 def predict(run_dir, paths):
-    """Predict images with a run's model; see :func:`medclf.predict.predict_files`."""
-    from .predict import predict_files
+    """Predict images with a run's model; see :func:`medclf.inference.predict_files`."""
+    from .inference import predict_files
     return predict_files(run_dir, paths)

@@ -78,7 +78,7 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     from .io import write_csv
-    from .predict import predict_files
+    from .inference import predict_files
     frame = predict_files(args.run, args.images)
     prob_cols = [c for c in frame.columns if c.startswith("prob_")]
     for _, row in frame.iterrows():
