@@ -55,3 +55,12 @@ def test_init_schemes_differ_and_weights_load(tmp_path):
 def test_unknown_model_lists_available():
     with pytest.raises(ConfigError, match="resnet50"):
         create_model(ModelConfig(name="vgg99"), 1, 2)
+
+
+@pytest.mark.parametrize("init", ["he", "xavier", "default"])
+def test_initial_loss_is_close_to_log_num_classes(init):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(init=init), 1, 3).eval()
+    logits = model(torch.rand(16, 1, 64, 64))
+    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (16,)))
+    assert abs(loss.item() - torch.log(torch.tensor(3.0)).item()) < 0.5

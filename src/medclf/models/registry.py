@@ -46,17 +46,27 @@ def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
 
 
 def initialise(model: nn.Module, scheme: str) -> None:
-    """He (Kaiming, He et al. 2015) or Xavier (Glorot & Bengio 2010) init of conv/linear weights."""
+    """Initialise convolution and linear weights; biases to zero.
+
+    ``he``: Kaiming-normal convolutions (He et al. 2015, fan-out, as torchvision's ResNets),
+    with PyTorch's default for linear layers so the initial logits stay small (initial loss
+    close to log(num_classes)). ``xavier``: Xavier-uniform everywhere (Glorot & Bengio 2010).
+    ``default``: PyTorch's own initialisation.
+    """
     if scheme == "default":
         return
     for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if scheme == "he":
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and scheme == "xavier":
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def load_weights(model: nn.Module, path: str) -> None:
