@@ -107,3 +107,12 @@ def test_cache_returns_same_array_and_key_tracks_settings(tmp_path):
     other = Config().model_copy(deep=True)
     other.preprocess.normalization = "zscore"
     assert settings_key(other) != settings_key(Config())
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "PNG", "JPEG"])
+def test_every_2d_format_decodes_to_the_same_picture(fmt):
+    yy, xx = np.mgrid[:64, :64]
+    array = (xx * 3 + yy).astype(np.uint8)
+    out, full_scale = read_image(encode(Image.fromarray(array), fmt), (64, 64))
+    assert full_scale == 255.0 and out.shape == (1, 64, 64)
+    assert np.abs(out[0] - array).mean() < (2.0 if fmt == "JPEG" else 1e-6)
