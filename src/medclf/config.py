@@ -101,6 +101,7 @@ class TrainConfig(_Section):
     loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function.")
     class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="'auto': weights inversely proportional to the training class counts; 'none'; or one weight per class.")
     label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy.")
+    ema_epochs: float = Field(0.0, ge=0, description="Keep an exponential moving average (EMA) of the weights over about this many epochs and validate, checkpoint and evaluate the averaged weights: smoother validation curves and a more reliable best checkpoint on small validation splits (0: off).")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss).")

@@ -10,7 +10,8 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, ModelCheckpoint,
+                                         TQDMProgressBar)
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .. import rundir
@@ -108,7 +109,7 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
     weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights)
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     module = Classifier(network, manifest.num_classes, cfg.train, weights)
-    trainer = build_trainer(cfg, run_dir, progress)
+    trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
@@ -129,8 +130,9 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
     return TrainResult(run_dir, metrics)
 
 
-def build_trainer(cfg: Config, run_dir: Path, progress: bool = True) -> L.Trainer:
-    """A Lightning Trainer with the run's checkpoints, early stopping and metrics record."""
+def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: int = 0) -> L.Trainer:
+    """A Lightning Trainer with the run's checkpoints, early stopping, weight averaging and
+    metrics record. ``n_train`` (training images) sets the EMA decay per step."""
     mode = MONITOR_MODES[cfg.train.monitor]
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_selection",
@@ -141,6 +143,10 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True) -> L.Traine
         callbacks.append(EarlyStopping(monitor="val_selection", mode=mode,
                                        patience=cfg.train.early_stopping.patience,
                                        min_delta=cfg.train.early_stopping.min_delta, check_finite=True))
+    if cfg.train.ema_epochs > 0 and n_train > 0:
+        steps_per_epoch = max(1, n_train // cfg.train.batch_size)
+        decay = 1.0 - 1.0 / max(1.0, cfg.train.ema_epochs * steps_per_epoch)
+        callbacks.append(EMAWeightAveraging(decay=decay))  # Lightning's EMA of the weights
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     return L.Trainer(
