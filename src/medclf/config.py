@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .data.morphology import PreprocessStep
 from .errors import ConfigError
 
 
@@ -39,6 +40,9 @@ class PreprocessConfig(_Section):
     normalization: Literal["scale255", "minmax", "percentile", "zscore"] = Field(
         "percentile", description="Intensity normalisation per image: scale255 (x/255), minmax (to [0,1]), percentile (5th-95th percentile to [0,1], robust to burnt-in text and borders), zscore (zero mean, unit variance).")
     percentiles: tuple[float, float] = Field((5.0, 95.0), description="Lower and upper percentile of the 'percentile' normalisation.")
+    steps: list[PreprocessStep] = Field([], description="Ordered scikit-image steps run on the resized image before normalisation: "
+                                        "threshold (value/otsu/percentile, optionally as a mask), erosion, dilation, opening, closing "
+                                        "(disk/ball radius), clahe, equalize; see medclf.data.morphology.")
 
     @field_validator("percentiles")
     @classmethod
@@ -225,8 +229,19 @@ def format_validation_error(err: ValidationError, tree: dict) -> str:
 
 
 def _section_for(loc) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc``; follows lists of tagged models
+    (``preprocess.steps.0.opening``) through their ``name`` tag."""
     model: type[BaseModel] = Config
+    candidates: list[type[BaseModel]] | None = None
     for part in loc:
+        if candidates is not None:  # inside a list of tagged models: skip the index, pick by tag
+            if isinstance(part, int):
+                continue
+            model = next((m for m in candidates if _tag(m) == part), None)
+            candidates = None
+            if model is None:
+                return None
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None
@@ -234,8 +249,23 @@ def _section_for(loc) -> type[BaseModel] | None:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
         else:
-            return None
-    return model
+            candidates = _models_in(annotation)
+            if not candidates:
+                return None
+    return model if candidates is None else None
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """Pydantic models inside a type annotation such as ``list[Annotated[Union[A, B], ...]]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _tag(model: type[BaseModel]):
+    field = model.model_fields.get("name")
+    args = get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
 
 
 def resolve(plan: dict | None = None, config_file: str | os.PathLike | None = None,

@@ -1,4 +1,4 @@
-"""Deterministic preprocessing (decode, channels, resize, normalise) with a cache.
+"""Deterministic preprocessing (decode, channels, resize, steps, normalise) with a cache.
 
 Every image of a run is preprocessed once, before training, into a float32 array; later
 epochs only augment. The cache key is the file's content hash plus the preprocessing
@@ -17,6 +17,7 @@ from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityR
 
 from ..errors import BadFilesError
 from ..io import atomic_write
+from .morphology import apply_steps
 from .readers import UnreadableImage, read_image
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
@@ -89,12 +90,33 @@ def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarr
             pass  # a damaged cache entry is recomputed
     size = tuple(config.data.image_size[-2:])
     raw, full_scale = read_image(data, size, config.data.in_channels, config.data.max_pixels)
-    array = normalize(raw, config.preprocess.normalization, full_scale, tuple(config.preprocess.percentiles))
+    array = finish(raw, full_scale, config)
     if mode == "memory":
         _MEMORY_CACHE[cache_id] = array
     elif disk_path is not None:
         atomic_write(disk_path, lambda tmp: np.save(open(tmp, "wb"), array))
     return array, digest
+
+
+def finish(raw: np.ndarray, full_scale: float, config, normalization: str | None = None) -> np.ndarray:
+    """The deterministic steps after decoding: ``preprocess.steps`` (scikit-image
+    morphology/contrast, :mod:`medclf.data.morphology`), then the intensity normalisation.
+
+    Args:
+        raw: resized raw intensities ``(C, H, W)`` or ``(C, D, H, W)``.
+        full_scale: maximum of the file's data type (255 for 8-bit).
+        config: the resolved configuration.
+        normalization: overrides ``preprocess.normalization`` (the preview compares modes).
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        PreprocessStepError: a step cannot be applied (names the step).
+    """
+    stepped = apply_steps(raw, config.preprocess.steps, full_scale) if config.preprocess.steps else raw
+    return normalize(stepped, normalization or config.preprocess.normalization, full_scale,
+                     tuple(config.preprocess.percentiles))
 
 
 def _disk_path(config, key: str, digest: str) -> Path:
