@@ -1,4 +1,4 @@
-"""The ``medclf`` command: train, evaluate, predict.
+"""The ``medclf`` command: train, evaluate, predict, preview.
 
 User errors (bad data, bad configuration, a diverged run) print a clear message and exit
 with status 2, never a traceback.
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--csv", help="also write the predictions to this CSV file")
+
+    p = sub.add_parser("preview", help="draw what preprocessing, augmentation and normalisation do to the images")
+    p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
+    _common(p)
+    p.add_argument("--n", type=int, default=16, help="images in the per-class grid (default: 16)")
+    p.add_argument("--augment", type=int, default=5, metavar="K", help="random augmentations per image (default: 5)")
+    p.add_argument("--out", default="preview.png", help="PNG file to write (default: preview.png)")
     return parser
 
 
@@ -93,7 +100,20 @@ def _predict(args) -> int:
     return 1 if (frame.error != "").any() else 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+def _preview(args) -> int:
+    from .errors import ConfigError
+    from .preview import preview
+    if args.n < 1 or args.augment < 0:
+        raise ConfigError("--n must be at least 1 and --augment at least 0")
+    result = preview(args.data, config=args.config, overrides=args.overrides, n=args.n,
+                     out=args.out, n_augment=args.augment)
+    grids = ", ".join(f"{name} {r}x{c}" for name, (r, c) in result.grids.items())
+    print(f"preview: {grids} panels, {result.size[0]}x{result.size[1]} pixels")
+    print(result.path)
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview}
 
 if __name__ == "__main__":
     sys.exit(main())
