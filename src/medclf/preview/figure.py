@@ -104,8 +104,7 @@ def display_range(normalization: str) -> tuple[float, float]:
 
 def _draw(ax, array: np.ndarray, window: tuple[float, float]) -> None:
     shown = display_array(array)
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
     if shown.ndim == 3:  # RGB
         shown = np.clip((np.nan_to_num(shown, nan=window[1]) - window[0]) / (window[1] - window[0]), 0, 1)
         ax.imshow(shown, interpolation="nearest")
@@ -114,6 +113,14 @@ def _draw(ax, array: np.ndarray, window: tuple[float, float]) -> None:
                   interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _grid(subfigure, rows: int, ncols: int, width: int, height_ratios=None) -> np.ndarray:
+    """``rows x ncols`` axes centred in a ``rows x width`` grid, so that every section of the
+    figure has panels of the same size whatever its number of columns."""
+    spec = subfigure.add_gridspec(rows, width, height_ratios=height_ratios)
+    offset = (width - ncols) // 2
+    return np.array([[subfigure.add_subplot(spec[r, offset + k]) for k in range(ncols)] for r in range(rows)])
 
 
 def _short(name: str, limit: int = 20) -> str:
@@ -185,7 +192,7 @@ def render_preview(samples: list[Sample], class_names: list[str], config, out: s
     rows, ncols = grids["preprocessed"]
     steps = ", ".join(s.name for s in config.preprocess.steps) or "none"
     sections[0].suptitle(f"after preprocessing (steps: {steps}; normalisation: {mode})", fontsize=11)
-    axes = np.atleast_2d(sections[0].subplots(rows, ncols, squeeze=False))
+    axes = _grid(sections[0], rows, ncols, cols)
     names = []
     for r, (c, group) in enumerate(by_class.items()):
         names.append([s.name for s in group])
@@ -204,7 +211,7 @@ def render_preview(samples: list[Sample], class_names: list[str], config, out: s
     title = (f"random training augmentation ({n_augment} draws, seed {config.seed})" if augmentation is not None
              else "augmentation disabled (augment.enabled=false)")
     sections[1].suptitle(title, fontsize=11)
-    axes = sections[1].subplots(rows, ncols, squeeze=False)
+    axes = _grid(sections[1], rows, ncols, cols)
     for r, sample in enumerate(aug_samples):
         image = prepared[id(sample)]
         for k in range(ncols):
@@ -221,8 +228,7 @@ def render_preview(samples: list[Sample], class_names: list[str], config, out: s
 
     # 3. normalisation modes with their histograms
     sections[2].suptitle(f"normalisation modes of {_short(first.name, 40)} (configured: {mode})", fontsize=11)
-    axes = sections[2].subplots(2, len(norm_columns), squeeze=False,
-                                gridspec_kw={"height_ratios": [1.0, 0.8]})
+    axes = _grid(sections[2], 2, len(norm_columns), cols, height_ratios=[1.0, 0.8])
     for k, column in enumerate(norm_columns):
         if column == "raw":
             values, shown_window = first.raw, (0.0, float(first.full_scale))
