@@ -250,7 +250,8 @@ def render_preview(samples: list[Sample], class_names: list[str], config, out: s
         hist.tick_params(labelsize=6)
         drawn.append(("normalization", 1, k, "histogram", hist))
 
-    fig.canvas.draw()
+    out = Path(out)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))  # draws once; extents are now final
     width, height = fig.canvas.get_width_height()
     panels = []
     for section, r, k, kind, ax in drawn:
@@ -258,7 +259,5 @@ def render_preview(samples: list[Sample], class_names: list[str], config, out: s
         panels.append({"section": section, "row": r, "col": k, "kind": kind,
                        "bbox": (int(round(box.x0)), int(round(height - box.y1)),
                                 int(round(box.x1)), int(round(height - box.y0)))})
-    out = Path(out)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     plt.close(fig)
     return PreviewResult(out, (width, height), grids, panels, names)
