@@ -127,8 +127,8 @@ def test_threshold_outside_the_intensity_range_names_the_step(tiny_dataset, tmp_
                  "--set", "preprocess.steps=[{name: clahe}, {name: threshold, method: value, value: 300}]"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "preprocess.steps[1] (threshold): value 300 is outside the intensity range 0..255" in err
-    with pytest.raises(PreprocessStepError, match=r"steps\[0\] \(opening\): radius 30 is too large"):
+    assert "preprocess.steps.1.threshold: value 300 is outside the intensity range 0..255" in err
+    with pytest.raises(PreprocessStepError, match=r"steps\.0\.opening: radius 30 is too large"):
         apply_steps(specks(SHAPES[2]), steps({"name": "opening", "radius": 30}))
 
 

@@ -124,7 +124,7 @@ def test_preview_errors_are_clean(tmp_path, capsys):
     code = main(["preview", str(data), "--out", str(tmp_path / "p.png"),
                  "--set", "preprocess.steps=[{name: threshold, method: value, value: 999}]"])
     err = capsys.readouterr().err
-    assert code == 2 and "preprocess.steps[0] (threshold): value 999 is outside" in err
+    assert code == 2 and "preprocess.steps.0.threshold: value 999 is outside" in err
     assert not (tmp_path / "p.png").exists()
     assert main(["preview", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err

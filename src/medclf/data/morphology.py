@@ -226,7 +226,7 @@ def apply_steps(array: np.ndarray, steps, full_scale: float = 255.0) -> np.ndarr
         applied at the end).
 
     Raises:
-        PreprocessStepError: naming the step (``preprocess.steps[i] (name)``) and what is wrong.
+        PreprocessStepError: naming the step by index and name (``preprocess.steps.<i>.<name>``) and what is wrong.
     """
     state = _State(np.asarray(array, dtype=np.float32), full_scale)
     if state.image.ndim not in (3, 4):
@@ -236,6 +236,6 @@ def apply_steps(array: np.ndarray, steps, full_scale: float = 255.0) -> np.ndarr
         try:
             step.apply(state)
         except (_StepFailure, ValueError) as err:
-            raise PreprocessStepError(f"preprocess.steps[{index}] ({step.name}): {err}") from None
+            raise PreprocessStepError(f"preprocess.steps.{index}.{step.name}: {err}") from None
     state.flush()
     return state.image
