@@ -96,3 +96,18 @@ def test_augmentation_applies_to_training_only():
         assert torch.equal(loader.dataset[0][0], images[0])
     cfg.augment.enabled = False
     assert ImageDataModule({"train": (images, labels)}, cfg).train_dataloader().dataset.transform is None
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_warmup_schedules_survive_very_short_runs(schedule, steps):
+    cfg = resolve(overrides=[f"train.schedule={schedule}", "train.warmup_epochs=3"])
+    trainer = FakeTrainer()
+    trainer.estimated_stepping_batches, trainer.max_epochs = steps, 1
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = build_scheduler(optimizer, cfg.train, trainer)
+    for _ in range(steps):
+        optimizer.step()
+        if sched is not None:
+            sched["scheduler"].step()
+    assert 0 <= optimizer.param_groups[0]["lr"] <= 0.1  # no ZeroDivisionError, sane value

@@ -111,8 +111,8 @@ def build_scheduler(optimizer, cfg, trainer):
     total = max(2, int(trainer.estimated_stepping_batches))
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     sched = torch.optim.lr_scheduler
-    if cfg.schedule == "none":
-        return None
+    if cfg.schedule == "none" or (cfg.schedule in ("onecycle", "cosine") and total < 4):
+        return None  # too few steps to warm up and anneal: constant learning rate
     if cfg.schedule == "step":
         return {"scheduler": sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma),
                 "interval": "epoch"}
@@ -121,7 +121,7 @@ def build_scheduler(optimizer, cfg, trainer):
                 "interval": "epoch", "monitor": "val_loss"}
     if cfg.schedule == "onecycle":
         return {"scheduler": sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
-                                              pct_start=max(warmup / total, 0.01),
+                                              pct_start=min(max(warmup, 2) / total, 0.5),
                                               anneal_strategy="cos"), "interval": "step"}
     # cosine with linear warm-up
     cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
