@@ -1,4 +1,4 @@
-"""The ``medclf`` command: train, evaluate, predict, preview.
+"""The ``medclf`` command: train, evaluate, predict, preview, serve.
 
 User errors (bad data, bad configuration, a diverged run) print a clear message and exit
 with status 2, never a traceback.
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16, help="images in the per-class grid (default: 16)")
     p.add_argument("--augment", type=int, default=5, metavar="K", help="random augmentations per image (default: 5)")
     p.add_argument("--out", default="preview.png", help="PNG file to write (default: preview.png)")
+
+    p = sub.add_parser("serve", help="HTTP API and web page over a folder of runs")
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR",
+                   help="folder of run directories (default: runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
     return parser
 
 
@@ -113,7 +120,14 @@ def _preview(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview}
+def _serve(args) -> int:
+    from .serve import serve
+    serve(args.runs_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
+            "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -64,6 +64,46 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarray, float]:
+    """Decode one file's content by its format into raw intensities at the run's size.
+
+    This is the one place a file format is chosen, for training and for serving alike;
+    readers for more formats (DICOM, NIfTI) plug in here, selected by ``name``'s extension
+    or the content's magic bytes.
+
+    Args:
+        data: the encoded file content.
+        config: the run's :class:`~medclf.config.Config` (``data.image_size``,
+            ``data.in_channels``, ``data.max_pixels``).
+        name: file name or path (only its extension is used), if known.
+
+    Returns:
+        ``(array, full_scale)``: float32 ``(C, H, W)`` raw intensities and the data type's
+        full scale (see :func:`medclf.data.readers.read_image`).
+
+    Raises:
+        UnreadableImage: the content is not a supported image, or is corrupt.
+    """
+    size = tuple(config.data.image_size[-2:])
+    return read_image(data, size, config.data.in_channels, config.data.max_pixels)
+
+
+def preprocess_bytes(data: bytes, config, name: str | None = None) -> np.ndarray:
+    """Preprocess one file's content exactly as training did (decode, resize, steps, normalise).
+
+    Used by :func:`preprocess_file` (training, evaluation, ``medclf predict``) and by the
+    HTTP service on uploaded bytes, so both paths share one pipeline. No cache.
+
+    Returns:
+        float32 ``(C, H, W)`` (2D) array, normalised by ``preprocess.normalization``.
+
+    Raises:
+        UnreadableImage: the content is not a supported image, or is corrupt.
+    """
+    raw, full_scale = decode_bytes(data, config, name)
+    return finish(raw, full_scale, config)
+
+
 def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarray, str]:
     """Read and preprocess one file through the cache.
 
@@ -88,9 +128,7 @@ def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarr
             return np.load(disk_path), digest
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
-    size = tuple(config.data.image_size[-2:])
-    raw, full_scale = read_image(data, size, config.data.in_channels, config.data.max_pixels)
-    array = finish(raw, full_scale, config)
+    array = preprocess_bytes(data, config, name=path)
     if mode == "memory":
         _MEMORY_CACHE[cache_id] = array
     elif disk_path is not None:

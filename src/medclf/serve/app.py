@@ -1,0 +1,255 @@
+"""The FastAPI application: HTTP API over a folder of run directories, and the web page.
+
+Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
+
+- ``GET /api/health``
+- ``GET /api/runs``: every run with name, data, model, date and key test metrics
+- ``GET /api/runs/{run}``: configuration, per-epoch metrics, test metrics, plot links
+- ``GET /api/runs/{run}/plots/{file}``, ``GET /api/runs/{run}/report.html``
+- ``POST /api/runs/{run}/predict`` (multipart field ``file``; ``?gradcam=true``)
+- ``POST /api/runs/{run}/predict/batch`` (multipart field ``files``, repeated)
+
+Uploads are decoded in memory (Starlette spools large parts to its own temporary files)
+with exactly the run's preprocessing (:func:`medclf.data.preprocess.preprocess_bytes`).
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..data.preprocess import preprocess_bytes
+from ..errors import MedclfError
+from .heatmap import gradcam_png
+from .runs import LoadedRun, RunNotFound, RunStore
+
+STATIC = Path(__file__).parent / "static"
+MAX_BATCH_FILES = 64
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+       "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' when the service answers.")
+    version: str = Field(description="medclf version.")
+    runs: int = Field(description="Number of run directories found.")
+
+
+class RunMetrics(BaseModel):
+    n: Optional[int] = Field(None, description="Test images.")
+    accuracy: Optional[float] = None
+    balanced_accuracy: Optional[float] = None
+    roc_auc: Optional[float] = Field(None, description="Macro one-vs-rest ROC AUC on the test split.")
+
+
+class RunSummary(BaseModel):
+    name: str = Field(description="The run's name: the {run} of the other endpoints.")
+    data: Optional[str] = Field(None, description="Dataset folder name.")
+    model: str = Field(description="Model name (model.name).")
+    spatial_dims: int
+    image_size: list[int]
+    class_names: list[str]
+    date: str = Field(description="When the run was created (ISO 8601, UTC).")
+    has_model: bool = Field(description="A checkpoint exists, so the run can predict.")
+    metrics: Optional[RunMetrics] = Field(None, description="Test metrics (null before evaluation).")
+
+
+class RunDetail(RunSummary):
+    config: dict = Field(description="The fully resolved configuration (config.yaml).")
+    dataset: dict = Field(description="The dataset fingerprint (dataset.json).")
+    epochs: list[dict] = Field(description="metrics.csv: one row per epoch.")
+    test_metrics: Optional[dict] = Field(None, description="test_metrics.json.")
+    plots: dict[str, str] = Field(description="Plot name -> URL of its image.")
+    report: Optional[str] = Field(None, description="URL of report.html, when the run has one.")
+
+
+class Prediction(BaseModel):
+    filename: str = Field(description="The uploaded file's name.")
+    predicted: str = Field(description="The class with the highest probability.")
+    probability: float = Field(description="Probability of the predicted class, in [0, 1].")
+    probabilities: dict[str, float] = Field(description="Class name -> softmax probability; they sum to 1.")
+    gradcam: Optional[str] = Field(None, description="Grad-CAM overlay of the predicted class: base64 PNG "
+                                                     "(only with ?gradcam=true).")
+
+
+class PredictResponse(Prediction):
+    run: str
+
+
+class BatchResponse(BaseModel):
+    run: str
+    results: list[Prediction]
+
+
+ERRORS = {404: {"description": "No such run (or the run has no checkpoint)."},
+          413: {"description": "Upload larger than the service's limit."},
+          422: {"description": "Not a supported image, or a corrupt one."}}
+
+
+def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: str = "cpu") -> FastAPI:
+    """Build the service for the run directories inside ``runs_dir``.
+
+    Args:
+        runs_dir: folder whose direct subfolders are run directories.
+        max_upload_mb: request bodies above this many MB (10^6 bytes) get 413, checked on
+            the Content-Length header and again while reading.
+        accelerator: ``cpu`` (default) or ``auto`` (CUDA when available).
+
+    Raises:
+        RunDirError: ``runs_dir`` is not a folder.
+    """
+    store = RunStore(runs_dir, accelerator)
+    limit = int(max_upload_mb * 1_000_000)
+    app = FastAPI(title="medclf", version=__version__,
+                  description="Predictions, Grad-CAM heatmaps and metrics of medclf runs.")
+    app.state.store = store
+
+    too_large = {"detail": f"upload larger than the limit of {max_upload_mb:g} MB (medclf serve --max-upload-mb)"}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        if exc.status_code == 413:
+            return JSONResponse(too_large, status_code=413)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RunNotFound)
+    async def _not_found(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.middleware("http")
+    async def _headers(request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if not request.url.path.startswith(("/docs", "/redoc")):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        return response
+
+    @app.get("/api/health", response_model=Health, tags=["service"])
+    def health():
+        """The service is up; how many runs it sees."""
+        return {"status": "ok", "version": __version__, "runs": len(store.names())}
+
+    @app.get("/api/runs", response_model=list[RunSummary], tags=["runs"])
+    def runs():
+        """Every run: name, data, model, date and key test metrics (newest first)."""
+        out = []
+        for name in store.names():
+            try:
+                out.append(store.summary(name))
+            except RunNotFound:
+                continue  # unreadable or vanished meanwhile
+        return out
+
+    @app.get("/api/runs/{run}", response_model=RunDetail, responses={404: ERRORS[404]}, tags=["runs"])
+    def run_detail(run: str):
+        """Configuration, per-epoch metrics, test metrics and links to plots and report."""
+        return store.detail(run)
+
+    @app.get("/api/runs/{run}/plots/{filename}", response_class=FileResponse,
+             responses={404: ERRORS[404], 200: {"content": {"image/png": {}}}}, tags=["runs"])
+    def plot(run: str, filename: str):
+        """A plot image of the run (learning curves, confusion matrix, ROC curves, ...)."""
+        return FileResponse(store.file(run, "plots", filename, (".png", ".svg", ".jpg")))
+
+    @app.get("/api/runs/{run}/report.html", response_class=FileResponse,
+             responses={404: ERRORS[404], 200: {"content": {"text/html": {}}}}, tags=["runs"])
+    def report(run: str):
+        """The run's report page, when it has one."""
+        response = FileResponse(store.file(run, "", "report.html", (".html",)), media_type="text/html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'")
+        return response
+
+    @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
+    def predict(run: str, file: Annotated[UploadFile, File(description="PNG or JPEG image.")],
+                gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
+        """Class probabilities of one image, with exactly the run's preprocessing."""
+        loaded = store.model(run)
+        result = _predict(loaded, [file], gradcam)[0]
+        return {"run": run, **result}
+
+    @app.post("/api/runs/{run}/predict/batch", response_model=BatchResponse, responses=ERRORS,
+              tags=["predict"])
+    def predict_batch(run: str, files: Annotated[list[UploadFile], File(description="Images (repeat the field).")],
+                      gradcam: Annotated[bool, Query(description="Add Grad-CAM overlays.")] = False):
+        """Class probabilities of several images in one request (at most 64)."""
+        if len(files) > MAX_BATCH_FILES:
+            raise HTTPException(422, f"{len(files)} files sent; at most {MAX_BATCH_FILES} per request")
+        loaded = store.model(run)
+        return {"run": run, "results": _predict(loaded, files, gradcam)}
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(UploadLimit, limit=limit, message=too_large)
+    return app
+
+
+class UploadLimit:
+    """ASGI middleware: 413 for request bodies above ``limit`` bytes.
+
+    Checks the Content-Length header before the application runs, and counts the bytes as
+    they arrive (chunked uploads, lying headers), so nothing larger is ever read.
+    """
+
+    def __init__(self, app, limit: int, message: dict):
+        self.app, self.limit, self.message = app, limit, message
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse(self.message, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise StarletteHTTPException(413)  # turned into the JSON 413 by the app's handler
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[dict]:
+    """Preprocess every upload (422 listing every bad file), predict, add Grad-CAM."""
+    if not files:
+        raise HTTPException(422, "no file uploaded")
+    arrays, bad = [], []
+    for upload in files:
+        name = upload.filename or "upload"
+        try:
+            arrays.append(preprocess_bytes(upload.file.read(), loaded.run.config, name=name))
+        except (MedclfError, ValueError, OSError, SyntaxError, EOFError) as err:  # untrusted bytes
+            bad.append(f"{name}: {err}")
+    if bad:
+        raise HTTPException(422, "not a supported image (PNG or JPEG): " + "; ".join(bad))
+    images = torch.from_numpy(np.stack(arrays))
+    probabilities = loaded.probabilities(images)
+    names = loaded.run.class_names
+    results = []
+    for upload, image, probs in zip(files, images, probabilities):
+        best = int(probs.argmax())
+        results.append({
+            "filename": upload.filename or "upload",
+            "predicted": names[best], "probability": float(probs[best]),
+            "probabilities": {n: float(p) for n, p in zip(names, probs)},
+            "gradcam": base64.b64encode(gradcam_png(loaded.cam_model, image, best)).decode("ascii")
+            if gradcam else None,
+        })
+    return results
