@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import torch
@@ -91,9 +91,13 @@ class BatchResponse(BaseModel):
     results: list[Prediction]
 
 
-ERRORS = {404: {"description": "No such run (or the run has no checkpoint)."},
-          413: {"description": "Upload larger than the service's limit."},
-          422: {"description": "Not a supported image, or a corrupt one."}}
+class ErrorMessage(BaseModel):
+    detail: Union[str, list[dict]] = Field(description="What is wrong (FastAPI's validation errors are a list).")
+
+
+ERRORS = {404: {"model": ErrorMessage, "description": "No such run (or the run has no checkpoint)."},
+          413: {"model": ErrorMessage, "description": "Upload larger than the service's limit."},
+          422: {"model": ErrorMessage, "description": "Not a supported image, a corrupt one, or a bad request."}}
 
 
 def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: str = "cpu") -> FastAPI:
@@ -126,14 +130,6 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
     async def _not_found(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.middleware("http")
-    async def _headers(request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if not request.url.path.startswith(("/docs", "/redoc")):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
-
     @app.get("/api/health", response_model=Health, tags=["service"])
     def health():
         """The service is up; how many runs it sees."""
@@ -150,19 +146,19 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
                 continue  # unreadable or vanished meanwhile
         return out
 
-    @app.get("/api/runs/{run}", response_model=RunDetail, responses={404: ERRORS[404]}, tags=["runs"])
+    @app.get("/api/runs/{run}", response_model=RunDetail, responses={404: ERRORS[404], 422: ERRORS[422]}, tags=["runs"])
     def run_detail(run: str):
         """Configuration, per-epoch metrics, test metrics and links to plots and report."""
         return store.detail(run)
 
     @app.get("/api/runs/{run}/plots/{filename}", response_class=FileResponse,
-             responses={404: ERRORS[404], 200: {"content": {"image/png": {}}}}, tags=["runs"])
+             responses={404: ERRORS[404], 422: ERRORS[422], 200: {"content": {"image/png": {}}}}, tags=["runs"])
     def plot(run: str, filename: str):
         """A plot image of the run (learning curves, confusion matrix, ROC curves, ...)."""
         return FileResponse(store.file(run, "plots", filename, (".png", ".svg", ".jpg")))
 
     @app.get("/api/runs/{run}/report.html", response_class=FileResponse,
-             responses={404: ERRORS[404], 200: {"content": {"text/html": {}}}}, tags=["runs"])
+             responses={404: ERRORS[404], 422: ERRORS[422], 200: {"content": {"text/html": {}}}}, tags=["runs"])
     def report(run: str):
         """The run's report page, when it has one."""
         response = FileResponse(store.file(run, "", "report.html", (".html",)), media_type="text/html")
@@ -193,15 +189,17 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(UploadLimit, limit=limit, message=too_large)
+    app.add_middleware(Guard, limit=limit, message=too_large)
     return app
 
 
-class UploadLimit:
-    """ASGI middleware: 413 for request bodies above ``limit`` bytes.
+class Guard:
+    """Pure ASGI middleware: 413 for request bodies above ``limit`` bytes, security headers.
 
     Checks the Content-Length header before the application runs, and counts the bytes as
-    they arrive (chunked uploads, lying headers), so nothing larger is ever read.
+    they arrive (chunked uploads, lying headers), so nothing larger is ever read. Adds
+    ``X-Content-Type-Options: nosniff`` and, outside /docs, a Content-Security-Policy
+    that only allows this origin (the page works offline, and cannot load anything else).
     """
 
     def __init__(self, app, limit: int, message: dict):
@@ -220,10 +218,22 @@ class UploadLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise StarletteHTTPException(413)  # turned into the JSON 413 by the app's handler
+                raise HTTPException(413)  # turned into the JSON 413 by the app's handler
             return message
 
-        await self.app(scope, limited, send)
+        docs = scope["path"].startswith(("/docs", "/redoc"))
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not docs and b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", CSP.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, limited, with_headers)
 
 
 def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[dict]:
