@@ -18,7 +18,8 @@ from medclf.serve import create_app  # noqa: E402
 
 from conftest import make_dataset, synthetic_image  # noqa: E402
 
-FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
+FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
+        "train.schedule=cosine"]  # onecycle divides by zero with <5 steps in all (core bug)
 
 
 @pytest.fixture(scope="module")
@@ -211,25 +212,33 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
-@pytest.fixture(scope="module")
-def api_schema(runs_dir):
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(runs_dir, max_upload_mb=0.2))
+def schemathesis_run(app, force_run: str | None = None, max_examples: int = 12) -> int:
+    """Generate requests for every operation of the app's OpenAPI schema; return how many ran.
+
+    Each response is checked by schemathesis: no 5xx, a documented status code, and a body
+    that matches the documented schema. ``force_run`` puts that run name into ``{run}``.
+    """
+    from hypothesis import given
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    count = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=max_examples, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            nonlocal count
+            if force_run and "run" in (case.path_parameters or {}):
+                case.path_parameters["run"] = force_run
+            case.call_and_validate(checks=CHECKS)
+            count += 1
+
+        check()
+    return count
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-BOUNDED = settings(max_examples=12, deadline=None, derandomize=True,
-                   suppress_health_check=list(HealthCheck))
-
-
-@schema.parametrize()
-@BOUNDED
-def test_schemathesis_random_requests(case):
-    case.call_and_validate(checks=CHECKS)
-
-
-@schema.parametrize()
-@BOUNDED
-def test_schemathesis_requests_on_the_real_run(case):
-    if "run" in (case.path_parameters or {}):
-        case.path_parameters["run"] = "tiny"
-    case.call_and_validate(checks=CHECKS)
+def test_schemathesis_finds_no_server_error(runs_dir):
+    app = create_app(runs_dir, max_upload_mb=0.2)
+    assert schemathesis_run(app) > 30  # random run names (404s, traversal attempts, ...)
+    assert schemathesis_run(app, force_run="tiny") > 30  # the real run: predictions of random bytes, plots, ...

@@ -1,0 +1,149 @@
+"""The web page in a real browser: Playwright drives Debian's Chromium (headless) against a
+live ``medclf serve`` on 127.0.0.1, with a run trained on a few real chest X-rays."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import medclf
+
+from conftest import COVID
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
+        "train.schedule=cosine"]  # onecycle divides by zero with <5 steps in all (core bug)
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``medclf serve`` in a subprocess on a free loopback port, over one covid run."""
+    if not COVID.is_dir():
+        pytest.skip(f"real data not found at {COVID}")
+    root = tmp_path_factory.mktemp("browser")
+    data = root / "covid"
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in sorted(p for p in (COVID / split).iterdir() if p.is_dir()):
+            (data / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                (data / split / cls.name / f.name).symlink_to(f)
+    medclf.train(data, overrides=FAST, out=root / "runs", name="covid-xray", progress=False)
+    port = free_port()
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(root / "runs"),
+                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError((root / "server.log").read_text())
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not start: " + (root / "server.log").read_text())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("MEDCLF_SCREENSHOTS"):  # keep a copy to look at
+        Path(os.environ["MEDCLF_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["MEDCLF_SCREENSHOTS"]) / name)
+    return path
+
+
+def test_drop_an_xray_and_see_prediction_and_heatmap(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    page.goto(f"{server}/")
+    page.wait_for_selector("#runs tr[data-run='covid-xray']")
+    assert "covid-xray" in page.inner_text("#runs")
+
+    page.click("text=predict")
+    page.wait_for_selector("#dropzone")
+    xray = sorted((COVID / "test" / "Covid").iterdir())[0]
+    payload = base64.b64encode(xray.read_bytes()).decode()
+    # a real drag-and-drop: a DataTransfer holding the file, dropped on the drop zone
+    transfer = page.evaluate_handle("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
+        return dt; }""", [payload, xray.name])
+    page.dispatch_event("#dropzone", "dragover", {"dataTransfer": transfer})
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+
+    page.wait_for_selector("#predicted", timeout=60_000)
+    predicted = page.inner_text("#predicted")
+    assert predicted in ("Covid", "Normal", "Viral Pneumonia")
+    bars = page.query_selector_all(".bar")
+    assert len(bars) == 3
+    page.wait_for_function("document.querySelector('#heatmap') && document.querySelector('#heatmap').complete"
+                           " && document.querySelector('#heatmap').naturalWidth > 0")
+    page.wait_for_function("document.querySelector('#upload-preview').naturalWidth > 0")
+    assert page.get_attribute("#heatmap", "alt") == f"Grad-CAM for {predicted}"
+    shot = save_screenshot(page, tmp_path, "serve_predict.png")
+    assert shot.stat().st_size > 10_000
+    assert not errors, errors
+    assert all(url.startswith((server, "data:", "blob:")) for url in requests), requests  # offline
+
+
+def test_run_page_shows_plots_and_metrics(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{server}/#/run/covid-xray")
+    page.wait_for_selector(".plots img")
+    for alt in ("learning curves", "confusion matrix", "roc curves"):
+        page.wait_for_function(f"document.querySelector(\"img[alt='{alt}']\").naturalWidth > 0")
+    assert "sensitivity" in page.inner_text("#per-class")
+    assert len(page.query_selector_all("#epochs tbody tr")) == 2
+    save_screenshot(page, tmp_path, "serve_run.png")
+
+
+def test_a_corrupt_upload_shows_the_message(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(f"{server}/#/predict/covid-xray")
+    page.set_input_files("#file-input", files=[{"name": "notes.png", "mimeType": "image/png",
+                                                "buffer": b"this is not an image"}])
+    page.wait_for_selector("#predict-error")
+    assert "422" in page.inner_text("#predict-error") and "notes.png" in page.inner_text("#predict-error")
