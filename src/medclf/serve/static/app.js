@@ -78,7 +78,8 @@ async function runPage(name) {
     const order = ["learning_curves", "confusion_matrix", "roc_curves"];
     plotNames.sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99));
     parts.push(el("h2", { text: "Plots" }), el("div", { class: "plots" }, plotNames.map((p) =>
-      el("figure", {}, el("img", { src: run.plots[p], alt: p.replace(/_/g, " ") }), el("figcaption", { text: p.replace(/_/g, " ") })))));
+      el("figure", { class: p === "learning_curves" ? "wide" : null }, el("img", { src: run.plots[p], alt: p.replace(/_/g, " ") }),
+        el("figcaption", { text: p.replace(/_/g, " ") })))));
   }
   if (run.epochs.length) {
     const cols = Object.keys(run.epochs[0]);
@@ -86,7 +87,7 @@ async function runPage(name) {
       el("div", { class: "scroll" }, el("table", { id: "epochs" },
         el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: c })))),
         el("tbody", {}, run.epochs.map((row) => el("tr", {}, cols.map((c) =>
-          el("td", { class: "num", text: typeof row[c] === "number" && !Number.isInteger(row[c]) ? fmt(row[c], 4) : (row[c] ?? "–") }))))))));
+          el("td", { class: "num", text: typeof row[c] === "number" && !Number.isInteger(row[c]) ? Number(row[c].toPrecision(4)).toString() : (row[c] ?? "–") }))))))));
   }
   if (run.report) {
     parts.push(el("h2", { text: "Report" }), el("iframe", { class: "report", src: run.report, title: "report", sandbox: "" }));
