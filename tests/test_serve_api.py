@@ -242,3 +242,18 @@ def test_schemathesis_finds_no_server_error(runs_dir):
     app = create_app(runs_dir, max_upload_mb=0.2)
     assert schemathesis_run(app) > 30  # random run names (404s, traversal attempts, ...)
     assert schemathesis_run(app, force_run="tiny") > 30  # the real run: predictions of random bytes, plots, ...
+
+
+def test_report_is_served_when_the_run_has_one(client, runs_dir):
+    report = runs_dir / "tiny" / "report.html"
+    report.write_text("<html><body><h1>tiny report</h1><img src='plots/roc_curves.png'></body></html>")
+    try:
+        detail = client.get("/api/runs/tiny").json()
+        assert detail["report"] == "/api/runs/tiny/report.html"
+        page = client.get(detail["report"])
+        assert page.status_code == 200 and "tiny report" in page.text
+        assert "script-src 'none'" in page.headers["content-security-policy"]
+        # the report's relative links to its plots resolve to the plot endpoint
+        assert client.get("/api/runs/tiny/plots/roc_curves.png").status_code == 200
+    finally:
+        report.unlink()

@@ -147,3 +147,14 @@ def test_a_corrupt_upload_shows_the_message(server, browser, tmp_path):
                                                 "buffer": b"this is not an image"}])
     page.wait_for_selector("#predict-error")
     assert "422" in page.inner_text("#predict-error") and "notes.png" in page.inner_text("#predict-error")
+
+
+def test_api_docs_render_offline(server, browser):
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+    assert "/api/runs/{run}/predict" in "".join(paths)
+    assert all(url.startswith(server) or url.startswith("data:") for url in requests), requests

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -114,8 +115,18 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
     """
     store = RunStore(runs_dir, accelerator)
     limit = int(max_upload_mb * 1_000_000)
-    app = FastAPI(title="medclf", version=__version__,
+    swagger = _swagger_ui_path()
+    app = FastAPI(title="medclf", version=__version__, docs_url=None if swagger else "/docs", redoc_url=None,
                   description="Predictions, Grad-CAM heatmaps and metrics of medclf runs.")
+    if swagger:  # the interactive docs from local files too, so /docs works offline
+        app.mount("/docs-static", StaticFiles(directory=swagger), name="docs-static")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs():
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title="medclf API",
+                                       swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs-static/swagger-ui.css",
+                                       swagger_favicon_url="/static/favicon.svg")
     app.state.store = store
 
     too_large = {"detail": f"upload larger than the limit of {max_upload_mb:g} MB (medclf serve --max-upload-mb)"}
@@ -191,6 +202,15 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, limit=limit, message=too_large)
     return app
+
+
+def _swagger_ui_path() -> str | None:
+    """Folder of Swagger UI's files from the swagger-ui-bundle-v2 package, if installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return swagger_ui_path if (Path(swagger_ui_path) / "swagger-ui-bundle.js").is_file() else None
 
 
 class Guard:
