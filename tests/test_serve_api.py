@@ -18,8 +18,7 @@ from medclf.serve import create_app  # noqa: E402
 
 from conftest import make_dataset, synthetic_image  # noqa: E402
 
-FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
-        "train.schedule=cosine"]  # onecycle divides by zero with <5 steps in all (core bug)
+FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
 
 
 @pytest.fixture(scope="module")
