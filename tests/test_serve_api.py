@@ -256,3 +256,25 @@ def test_report_is_served_when_the_run_has_one(client, runs_dir):
         assert client.get("/api/runs/tiny/plots/roc_curves.png").status_code == 200
     finally:
         report.unlink()
+
+
+def test_a_2d_upload_to_a_3d_run_gets_422(client, runs_dir, tmp_path):
+    import shutil
+    import yaml
+    run3d = runs_dir / "volumes"
+    shutil.copytree(runs_dir / "tiny", run3d)
+    config = yaml.safe_load((run3d / "config.yaml").read_text())
+    config["model"]["spatial_dims"] = 3
+    config["data"]["image_size"] = [8, 32, 32]
+    (run3d / "config.yaml").write_text(yaml.safe_dump(config))
+    for ckpt in (run3d / "checkpoints").iterdir():  # weights of a 3D small_cnn of the same widths
+        import torch
+        from medclf.config import validate
+        from medclf.models import create_model
+        model = create_model(validate(config).model.model_copy(update={"weights": None}), 1, 2)
+        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    try:
+        response = client.post("/api/runs/volumes/predict", files={"file": ("x.png", png_bytes(), "image/png")})
+        assert response.status_code == 422 and "3D volume" in response.json()["detail"]
+    finally:
+        shutil.rmtree(run3d)

@@ -178,7 +178,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         return response
 
     @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
-    def predict(run: str, file: Annotated[UploadFile, File(description="PNG or JPEG image.")],
+    def predict(run: str, file: Annotated[UploadFile, File(description="Image file (PNG, JPEG, BMP, TIFF).")],
                 gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
         """Class probabilities of one image, with exactly the run's preprocessing."""
         loaded = store.model(run)
@@ -261,14 +261,21 @@ def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[
     if not files:
         raise HTTPException(422, "no file uploaded")
     arrays, bad = [], []
+    spatial_dims = loaded.run.config.model.spatial_dims
     for upload in files:
         name = upload.filename or "upload"
         try:
-            arrays.append(preprocess_bytes(upload.file.read(), loaded.run.config, name=name))
+            array = preprocess_bytes(upload.file.read(), loaded.run.config, name=name)
         except (MedclfError, ValueError, OSError, SyntaxError, EOFError) as err:  # untrusted bytes
             bad.append(f"{name}: {err}")
+            continue
+        if array.ndim != spatial_dims + 1:
+            kind = "a 3D volume (C, D, H, W)" if spatial_dims == 3 else "a 2D image (C, H, W)"
+            bad.append(f"{name}: this run's model takes {kind}; the file gave shape {tuple(array.shape)}")
+            continue
+        arrays.append(array)
     if bad:
-        raise HTTPException(422, "not a supported image (PNG or JPEG): " + "; ".join(bad))
+        raise HTTPException(422, "not a supported image: " + "; ".join(bad))
     images = torch.from_numpy(np.stack(arrays))
     probabilities = loaded.probabilities(images)
     names = loaded.run.class_names
