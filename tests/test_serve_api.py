@@ -278,3 +278,18 @@ def test_a_2d_upload_to_a_3d_run_gets_422(client, runs_dir, tmp_path):
         assert response.status_code == 422 and "3D volume" in response.json()["detail"]
     finally:
         shutil.rmtree(run3d)
+
+
+def test_damaged_checkpoint_is_reported_not_executed(client, runs_dir):
+    import shutil
+    broken = runs_dir / "broken"
+    shutil.copytree(runs_dir / "tiny", broken)
+    import pickle
+    for ckpt in (broken / "checkpoints").iterdir():  # a pickle that would run code if unpickled fully
+        ckpt.write_bytes(pickle.dumps(__import__("os").system))
+    try:
+        response = client.post("/api/runs/broken/predict", files={"file": ("x.png", png_bytes(), "image/png")})
+        assert response.status_code == 500 and "cannot load" in response.json()["detail"]
+        assert "Traceback" not in response.text
+    finally:
+        shutil.rmtree(broken)

@@ -141,6 +141,10 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
     async def _not_found(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(MedclfError)
+    async def _server_side(request, exc):  # e.g. a damaged checkpoint: the server's problem, said plainly
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+
     @app.get("/api/health", response_model=Health, tags=["service"])
     def health():
         """The service is up; how many runs it sees."""
