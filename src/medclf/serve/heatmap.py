@@ -30,6 +30,14 @@ def last_conv_layer(model: nn.Module) -> str:
     return names[-1]
 
 
+def _unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``(N, 1, *spatial)`` linearly so its min is 0 and its max 1."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1).values.view(-1, *[1] * (maps.ndim - 1))
+    high = flat.max(dim=1).values.view(-1, *[1] * (maps.ndim - 1))
+    return torch.where(high > low, (maps - low) / (high - low).clamp(min=1e-12), torch.zeros_like(maps))
+
+
 def gradcam_png(model: nn.Module, image: torch.Tensor, class_index: int, alpha: float = 0.45) -> bytes:
     """Grad-CAM of ``class_index`` overlaid on the image, as PNG bytes.
 
@@ -60,7 +68,10 @@ def gradcam_png(model: nn.Module, image: torch.Tensor, class_index: int, alpha: 
 
     with _CAMS_LOCK:
         if model not in _CAMS:
-            _CAMS[model] = (GradCAM(nn_module=model, target_layers=last_conv_layer(model)), threading.Lock())
+            # MONAI's default postprocessing maps (min, max) to (1, 0), i.e. flips the map: scale
+            # each map to [0, 1] the right way round instead (1 = most evidence for the class)
+            _CAMS[model] = (GradCAM(nn_module=model, target_layers=last_conv_layer(model),
+                                    postprocessing=_unit_scale), threading.Lock())
         cam, lock = _CAMS[model]
     with lock, torch.enable_grad():
         heat = cam(x=image[None].float(), class_idx=class_index)  # (1, 1, *spatial) in [0, 1]
