@@ -201,6 +201,8 @@ def test_serve_command_rejects_missing_runs_dir(tmp_path, capsys):
     from medclf.cli import main
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "runs folder not found" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb must be positive" in capsys.readouterr().err
 
 
 # --- schemathesis: generated requests against the OpenAPI schema never get a 5xx ---------

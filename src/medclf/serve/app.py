@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..data.preprocess import preprocess_bytes
-from ..errors import MedclfError
+from ..errors import ConfigError, MedclfError
 from .heatmap import gradcam_png
 from .runs import LoadedRun, RunNotFound, RunStore
 
@@ -112,7 +112,10 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
 
     Raises:
         RunDirError: ``runs_dir`` is not a folder.
+        ConfigError: ``max_upload_mb`` is not positive.
     """
+    if not max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     store = RunStore(runs_dir, accelerator)
     limit = int(max_upload_mb * 1_000_000)
     swagger = _swagger_ui_path()
