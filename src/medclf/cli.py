@@ -76,6 +76,8 @@ def _train(args) -> int:
     from .training.run import train
     result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
                    name=args.name, progress=not args.no_progress)
+    if not result.is_global_zero:  # a DDP process launched by rank 0: rank 0 reports
+        return 0
     print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
     print(result.run_dir)
     return 0

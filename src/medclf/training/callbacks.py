@@ -44,4 +44,5 @@ class MetricsCSV(L.Callback):
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         row["epoch_time_s"] = round(time.perf_counter() - (self._start or time.perf_counter()), 3)
         self.rows.append(row)
-        write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
+        if trainer.is_global_zero:  # one writer in multi-process (DDP) training
+            write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))

@@ -74,7 +74,10 @@ class Classifier(L.LightningModule):
         metrics = {}
         for split in ("train", "val"):
             if self._outputs[split]:
-                metrics.update(epoch_metrics(split, self._outputs[split], self.num_classes))
+                outputs = self._outputs[split]
+                if self.trainer.world_size > 1:  # DDP: every rank computes on all ranks' outputs
+                    outputs = self._gather(outputs)
+                metrics.update(epoch_metrics(split, outputs, self.num_classes))
             self._outputs[split].clear()
         monitor = self.cfg.monitor
         if monitor in metrics and "val_loss" in metrics and monitor != "val_loss":
@@ -84,6 +87,15 @@ class Classifier(L.LightningModule):
             metrics["val_selection"] = metrics[monitor]
         for key, value in metrics.items():
             self.log(key, torch.tensor(value, dtype=torch.float32), prog_bar=key in ("val_loss", "val_roc_auc"))
+
+    def _gather(self, outputs):
+        """Concatenate one rank's ``(logits, labels, loss_sum)`` tuples and all-gather them
+        across ranks (Lightning's DistributedSampler gives every rank the same count)."""
+        logits = torch.cat([o[0] for o in outputs])
+        labels = torch.cat([o[1] for o in outputs])
+        loss_sum = torch.stack([torch.as_tensor(o[2], dtype=torch.float32) for o in outputs]).sum()
+        logits, labels, loss_sum = (self.all_gather(t) for t in (logits, labels, loss_sum))
+        return [(logits.flatten(0, 1), labels.flatten(0, 1), loss_sum.sum())]
 
     def configure_optimizers(self):
         cfg = self.cfg

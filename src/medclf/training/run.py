@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +37,23 @@ class TrainResult:
 
     run_dir: Path
     metrics: dict
+    is_global_zero: bool = True  # False in the extra processes of a multi-process (DDP) run
+
+
+RUN_DIR_ENV = "MEDCLF_RUN_DIR"  # rank 0 tells the DDP processes it launches where its run is
+
+
+def launch_rank() -> int:
+    """This process's global rank as set by the launcher (Lightning, torchrun, SLURM); 0 alone.
+
+    Reads ``RANK``, ``SLURM_PROCID``, ``LOCAL_RANK`` and ``NODE_RANK``: any non-zero value
+    means this process is not rank 0 of a multi-process run.
+    """
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        value = os.environ.get(name, "0")
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
 
 
 def user_tree(config: str | Path | dict | Config | None, overrides) -> dict:
@@ -67,7 +86,8 @@ def class_weights(labels: torch.Tensor, num_classes: int, setting) -> torch.Tens
 
 
 def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs",
-          name: str | None = None, progress: bool = True) -> TrainResult:
+          name: str | None = None, progress: bool = True, callbacks: list | None = None,
+          evaluate_test: bool = True) -> TrainResult:
     """Train a classifier on a dataset folder and evaluate it on the test split.
 
     Args:
@@ -78,6 +98,14 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
         out: folder that receives the run directory.
         name: run name (default ``<data>-<timestamp>``); an existing name gets a suffix.
         progress: show Lightning's progress bar.
+        callbacks: extra Lightning callbacks (e.g. the pruning callback of ``medclf tune``).
+        evaluate_test: evaluate the best checkpoint on the test split (False: the test split
+            is not touched, e.g. in a hyperparameter search, and ``metrics`` is empty).
+
+    Multi-process training (``trainer.strategy=ddp``): only rank 0 creates the run directory
+    and writes run files; the other processes train into it through Lightning (which saves
+    checkpoints and logs on rank 0 only) and return ``is_global_zero=False`` without
+    evaluating.
 
     Returns:
         :class:`TrainResult` with the run directory and the test metrics.
@@ -95,14 +123,19 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
     fp = fingerprint(manifest)
     cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": str(data)}})))
 
-    run_dir = rundir.create_run_dir(out, name, data.resolve().name)
-    write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
+    rank = launch_rank()
+    if rank == 0:
+        run_dir = rundir.create_run_dir(out, name, data.resolve().name)
+        write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
+    else:  # a DDP process launched by rank 0 (or by torchrun/SLURM): write nothing of its own
+        run_dir = Path(os.environ.get(RUN_DIR_ENV) or tempfile.mkdtemp(prefix="medclf-rank"))
     splits, manifest, bad = prepare_splits(manifest, cfg)
-    write_csv(run_dir / rundir.SPLIT, manifest.frame)
-    if bad:
-        write_csv(run_dir / rundir.BAD_FILES, pd.DataFrame(bad, columns=["path", "reason"]))
-        log.warning("skipped %d unreadable file(s), listed in %s", len(bad), run_dir / rundir.BAD_FILES)
-    write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+    if rank == 0:
+        write_csv(run_dir / rundir.SPLIT, manifest.frame)
+        if bad:
+            write_csv(run_dir / rundir.BAD_FILES, pd.DataFrame(bad, columns=["path", "reason"]))
+            log.warning("skipped %d unreadable file(s), listed in %s", len(bad), run_dir / rundir.BAD_FILES)
+        write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
@@ -110,10 +143,23 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     module = Classifier(network, manifest.num_classes, cfg.train, weights)
     trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*number of training batches.*")
-        trainer.fit(module, datamodule=ImageDataModule(splits, cfg))
+    trainer.callbacks.extend(callbacks or [])
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes DDP launches
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*number of training batches.*")
+            trainer.fit(module, datamodule=ImageDataModule(splits, cfg))
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {}, is_global_zero=False)
+    if not evaluate_test:
+        return TrainResult(run_dir, {})
 
     best = run_dir / rundir.BEST
     checkpoint = best if best.exists() else run_dir / rundir.LAST
@@ -124,6 +170,7 @@ def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs
                                           pick_device(cfg.trainer.accelerator))
     test_frame = manifest.frame[manifest.frame.split == "test"]
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": trainer.current_epoch,
+             "world_size": trainer.world_size,
              "train_time_s": round(time.perf_counter() - started, 1)}
     metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
                                manifest.class_names, str(checkpoint.relative_to(run_dir)), extra)
