@@ -55,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna): resumable, prunable, distributed")
+    p.add_argument("data", help="dataset folder, as for train")
+    p.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="search space: config keys with choices or ranges (see medclf.search.space)")
+    p.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe", help="default: tpe")
+    p.add_argument("--trials", type=int, help="finished trials wanted (default: grid size, else 20)")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user:pw@host/db "
+                                     "(default: SQLite in the search directory)")
+    p.add_argument("--name", help="study name (default: <data>-<space>-<sampler>); same command = same study")
+    p.add_argument("--out", default="searches", help="folder of search directories (default: searches/)")
+    p.add_argument("--pruner", choices=["auto", "median", "hyperband", "none"], default="auto",
+                   help="pruning of hopeless trials (auto: median, none for grid)")
+    p.add_argument("--metric", default="val_roc_auc", help="validation metric to optimise (default: val_roc_auc)")
+    _common(p)
+    p.add_argument("--progress", action="store_true", help="show each trial's progress bar")
     return parser
 
 
@@ -128,8 +144,29 @@ def _serve(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
-            "serve": _serve}
+def _tune(args) -> int:
+    from .search.tune import format_table, tune
+    try:
+        result = tune(args.data, args.space, sampler=args.sampler, trials=args.trials, storage=args.storage,
+                      name=args.name, out=args.out, pruner=args.pruner, config=args.config,
+                      overrides=args.overrides, metric=args.metric, progress=args.progress)
+    except (KeyboardInterrupt, SystemExit):
+        print("medclf tune: interrupted; run the same command again to continue the search", file=sys.stderr)
+        return 130
+    print(format_table(result.table))
+    if result.test_metrics:
+        m = result.test_metrics
+        print(f"best trial on the test split (never used to rank): accuracy {m['accuracy']:.3f}  "
+              f"balanced accuracy {m['balanced_accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")
+    if result.best_config:
+        print(f"best configuration: {result.best_config}  (medclf train {args.data} --config {result.best_config})")
+    if not result.complete:
+        print("the study does not have all its trials yet (other workers?): run the command again to continue")
+    print(result.search_dir)
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview, "serve": _serve, "tune": _tune}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hyperparameter search on Optuna: search spaces, pruning, resumable and distributed studies."""
