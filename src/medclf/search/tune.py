@@ -50,7 +50,7 @@ SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("auto", "median", "hyperband", "none")
 HOST = socket.gethostname()
 VAL_COLUMNS = ["val_roc_auc", "val_balanced_accuracy", "val_accuracy", "val_loss"]
-_RUN_ATTRS = ("host", "pid", "run_dir", "error", "skipped", "interrupted")
+_RUN_ATTRS = ("host", "pid", "run_dir", "config", "error", "skipped", "interrupted")
 
 
 class SkippedTrial(MedclfError):
@@ -99,12 +99,15 @@ def open_storage(url: str):
     """
     optuna = _optuna()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=retry_once)
-    except Exception as err:  # noqa: BLE001  (driver errors vary: sqlalchemy, psycopg2, sqlite3)
-        raise MedclfError(f"--storage {_mask(url)}: cannot open the study database: "
-                          f"{str(err).splitlines()[0]}") from None
+    for attempt in range(3):  # workers starting together may race to create the tables
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S, heartbeat_stale_trial_callback=retry_once)
+        except Exception as err:  # noqa: BLE001  (driver errors vary: sqlalchemy, psycopg2, sqlite3)
+            if attempt == 2 or "could not connect" in str(err) or "No module named" in str(err):
+                raise MedclfError(f"--storage {_mask(url)}: cannot open the study database: "
+                                  f"{str(err).strip().splitlines()[0]}") from None
+            time.sleep(1.0 + attempt)
 
 
 def retry_once(study, trial) -> None:
@@ -167,7 +170,9 @@ def build_sampler(name: str, space: SearchSpace, seed: int, n_trials: int):
     """Optuna sampler: GridSampler, RandomSampler or TPESampler (Bergstra et al. 2011)."""
     optuna = _optuna()
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        sampler = optuna.samplers.GridSampler(space.grid(), seed=0)  # the same grid ids in every worker
+        sampler.reseed_rng()  # ... but each worker picks its own next point among those left
+        return sampler
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, n_trials // 3)))
@@ -315,6 +320,7 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
             trial.set_user_attr("error", str(err)[:2000])
             raise
         trial.set_user_attr("run_dir", os.path.relpath(result.run_dir, search_dir))
+        trial.set_user_attr("config", yaml_load(result.run_dir / rundir.CONFIG))  # for best.yaml anywhere
         summary = best_epoch(result.run_dir / rundir.METRICS, metric)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
@@ -447,14 +453,21 @@ def finish(study, search_dir: Path, data: Path, trials: int, metric: str, evalua
     if completed:
         best = study.best_trial
         best_run = search_dir / best.user_attrs["run_dir"]
-        config = yaml_load(best_run / rundir.CONFIG)
+        local = (best_run / rundir.CONFIG).is_file()
+        if not local:
+            log.warning("the best trial (%d) ran on %s (pid %s): its run directory %s is there, not here",
+                        best.number, best.user_attrs.get("host"), best.user_attrs.get("pid"), best_run)
+        config = copy.deepcopy(best.user_attrs["config"])
         config["data"].pop("source", None)  # the dataset is the DATA argument of `medclf train`
         best_config = write_yaml(search_dir / "best.yaml", config)
         summary = {"trial": best.number, "objective": {metric: best.value}, "params": best.params,
-                   "run_dir": str(best_run), "validation": {c: best.user_attrs.get(c) for c in VAL_COLUMNS},
+                   "run_dir": str(best_run), "host": best.user_attrs.get("host"),
+                   "validation": {c: best.user_attrs.get(c) for c in VAL_COLUMNS},
                    "finished_trials": finished, "requested_trials": trials,
                    "written": dt.datetime.now().isoformat(timespec="seconds")}
-        if complete and evaluate_best:
+        if not local:
+            best_run = None
+        elif complete and evaluate_best:
             from ..evaluation.evaluate import evaluate_run
             if (best_run / rundir.TEST_METRICS).exists():
                 test_metrics = json.loads((best_run / rundir.TEST_METRICS).read_text(encoding="utf-8"))
