@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val_roc_auc", help="validation metric to optimise (default: val_roc_auc)")
     _common(p)
     p.add_argument("--progress", action="store_true", help="show each trial's progress bar")
+
+    p = sub.add_parser("sanity", help="checks before a full training: forward, initial loss, gradients, "
+                                      "activations, overfit a small subset, LR range test")
+    p.add_argument("data", help="dataset folder, as for train")
+    _common(p)
+    p.add_argument("--out", default="runs", help="folder receiving <data>-sanity-<time>/ (default: runs/)")
+    p.add_argument("--per-class", type=int, default=8, help="training images per class in the subset (default 8)")
+    p.add_argument("--steps", type=int, default=200, help="step budget of the overfit check (default 200)")
+    p.add_argument("--no-lr-test", action="store_true", help="skip the LR range test")
     return parser
 
 
@@ -166,7 +175,16 @@ def _tune(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview, "serve": _serve, "tune": _tune}
+def _sanity(args) -> int:
+    from .sanity import sanity
+    report = sanity(args.data, config=args.config, overrides=args.overrides, out=args.out,
+                    per_class=args.per_class, max_steps=args.steps, lr_test=not args.no_lr_test)
+    print("\n".join(report.lines()))
+    print(report.out_dir)
+    return 0 if report.passed else 1
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview, "serve": _serve, "tune": _tune, "sanity": _sanity}
 
 if __name__ == "__main__":
     sys.exit(main())
