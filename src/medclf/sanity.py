@@ -179,6 +179,9 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
             batch_size: int) -> dict:
     """Train on a fixed small set with plain cross-entropy until 100 % accuracy and loss < 0.05.
 
+    ``batch_size`` images per step (the sanity command uses the whole subset as one batch,
+    so that the training-mode accuracy it measures sees the same batch statistics).
+
     Args:
         images: ``(N, C, *spatial)``; labels: ``(N,)`` class indices.
         max_steps: step budget.
@@ -186,7 +189,7 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
     Returns:
         dict with ``losses`` (per step), ``accuracy`` and ``loss`` of the last full pass,
         ``steps`` run, ``reached`` (bool), ``nonfinite_step`` (step where the loss became
-        NaN/inf, or None), ``stalled`` (stopped after 50+ steps without any progress) and
+        NaN/inf, or None), ``stalled`` (stopped after 30+ steps without any progress) and
         ``update_ratio`` (mean over the first 5 steps of the median ||update|| / ||weight||
         of the weight tensors).
     """
@@ -220,11 +223,11 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
             step += 1
         if result["nonfinite_step"] is not None:
             break
-        if step >= 50 and min(losses[-10:]) > 0.9 * losses[0]:  # no progress at all: stop early
+        if step >= 30 and min(losses[-10:]) > 0.9 * losses[0]:  # no progress at all: stop early
             result["stalled"] = True
             break
-        with torch.no_grad():  # the whole subset, in training mode (batch statistics)
-            logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, n, batch_size)])
+        with torch.no_grad():  # the whole subset in one batch, in training mode (batch statistics)
+            logits = model(images)
             full = F.cross_entropy(logits, labels)
             result["loss"] = float(full)
             result["accuracy"] = float((logits.argmax(1) == labels).float().mean())
@@ -370,7 +373,7 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
 
     # 5. overfit a small subset
     model.load_state_dict(initial_state)
-    fit = overfit(model, images, labels, cfg, max_steps, batch_size)
+    fit = overfit(model, images, labels, cfg, max_steps, len(labels))  # one fixed batch: the subset
     report.loss_curve = fit["losses"]
     detail = (f"{len(labels)} images ({per_class} per class), augmentation and dropout off: "
               f"training accuracy {fit['accuracy']:.0%}, loss {fit['loss']:.3f} after {fit['steps']} steps "
