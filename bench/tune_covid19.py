@@ -6,7 +6,7 @@ same process, so images are decoded once. Prints one JSON line with the wall tim
 baseline and best validation AUC (the test split is used for the best trial only, after
 the search), mean seconds per epoch, and the load average (the machine may be shared).
 
-Usage: python bench/tune_covid19.py [--trials 12] [--epochs 6] [--data DIR] [--out DIR]
+Usage: python bench/tune_covid19.py [--trials 12] [--epochs 6] [--data DIR] [--out DIR] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "covid19-xray"))
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="base setting of the baseline and of every trial, e.g. data.image_size=[128,128]")
     args = parser.parse_args()
 
     from medclf.search.tune import tune
     from medclf.training.run import train
 
     load_start = os.getloadavg()
-    budget = [f"train.max_epochs={args.epochs}"]
+    budget = [f"train.max_epochs={args.epochs}", *args.overrides]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         start = time.perf_counter()
@@ -67,7 +69,7 @@ def main() -> None:
         best = table.iloc[0]
         test = result.test_metrics or {}
         print(json.dumps({
-            "data": args.data, "trials": args.trials, "max_epochs": args.epochs, "sampler": "tpe",
+            "data": args.data, "overrides": args.overrides, "trials": args.trials, "max_epochs": args.epochs, "sampler": "tpe",
             "pruner": "median", "cpu_count": os.cpu_count(),
             "states": table.state.value_counts().to_dict(),
             "epochs_trained": int(table.epochs_run.fillna(0).sum()),
