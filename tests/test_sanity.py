@@ -73,6 +73,3 @@ def test_sanity_command_with_lr_range_test(tiny_dataset, tmp_path, capsys):
     run = tmp_path / out.strip().splitlines()[-1].rsplit("/", 1)[-1]
     assert (run / "lr_range_test.png").stat().st_size > 1000
     assert 1e-6 <= json.loads((run / "sanity.json").read_text())["suggested_lr"] <= 1.0
-    assert main(["sanity", str(tiny_dataset), "--out", str(tmp_path), "--set", "data.image_size=[32,32]",
-                 "--set", "train.lr=10", "--no-lr-test", "--steps", "30"]) == 1  # failed checks: exit 1
-    assert "learning rate too high" in capsys.readouterr().out
