@@ -15,10 +15,12 @@ __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "predict", "__version__"]
 
 
-def train(data, config=None, overrides=None, out="runs", name=None, progress=True):
-    """Train and evaluate; see :func:`medclf.training.run.train`."""
+def train(data=None, config=None, overrides=None, out="runs", name=None, progress=True,
+          resume=None, overwrite=False):
+    """Train and evaluate (or resume a run); see :func:`medclf.training.run.train`."""
     from .training.run import train as _train
-    return _train(data, config=config, overrides=overrides, out=out, name=name, progress=progress)
+    return _train(data, config=config, overrides=overrides, out=out, name=name, progress=progress,
+                  resume=resume, overwrite=overwrite)
 
 
 def evaluate(run_dir, data=None):

@@ -27,10 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train and evaluate a classifier on a dataset folder")
-    p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
+    p.add_argument("data", nargs="?", help="class-per-folder tree, with or without train/val/test "
+                   "folders (default: data.source of --config, e.g. a run's config.yaml)")
     _common(p)
     p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
     p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory of the same --name (default: pick a new name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run")
@@ -75,7 +79,8 @@ def _train(args) -> int:
     from .evaluation.metrics import summary_lines
     from .training.run import train
     result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
-                   name=args.name, progress=not args.no_progress)
+                   name=args.name, progress=not args.no_progress, resume=args.resume,
+                   overwrite=args.overwrite)
     print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
     print(result.run_dir)
     return 0

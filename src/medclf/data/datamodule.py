@@ -59,11 +59,17 @@ class ImageDataModule(L.LightningDataModule):
             transform = build_augmentation(cfg.augment, cfg.model.spatial_dims,
                                            list(images.shape[2:]), cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(ArrayDataset(images, labels, transform),
-                          batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
-                          shuffle=train, drop_last=train and len(labels) > cfg.train.batch_size,
-                          num_workers=cfg.data.num_workers, generator=generator,
-                          persistent_workers=cfg.data.num_workers > 0)
+        loader = DataLoader(ArrayDataset(images, labels, transform),
+                            batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
+                            shuffle=train, drop_last=train and len(labels) > cfg.train.batch_size,
+                            num_workers=cfg.data.num_workers, generator=generator,
+                            persistent_workers=cfg.data.num_workers > 0)
+        if train and self.trainer is not None:
+            # Lightning fetches the first batch before on_train_epoch_start: seed it for the
+            # epoch it belongs to (a resumed run starts at a later epoch)
+            from ..training.reliability import seed_loader
+            seed_loader(loader, cfg.seed, self.trainer.current_epoch)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -69,14 +69,35 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def ignore_reason(path: str | os.PathLike) -> str:
+    """Why discovery left ``path`` out (for the run's ``ignored_files.csv``)."""
+    path = Path(path)
+    if is_hidden(path):
+        return "hidden or system file"
+    if path.is_symlink() and not path.exists():
+        return "symbolic link to nothing (broken or a loop)"
+    if path.is_dir():
+        return "folder (linked folders are not followed)"
+    return f"extension {path.suffix or '(none)'} is not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+
+
 def _list_files(folder: Path, ignored: list[str]) -> list[str]:
-    """Image files under ``folder`` (recursive), skipping hidden entries; sorted."""
+    """Image files under ``folder`` (recursive), sorted; everything else goes to ``ignored``.
+
+    Hidden files and folders are left out, linked folders are not followed (no loops), and
+    a folder named like an image (``x.png/``) is searched like any other folder.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
+        for d in list(dirnames):
+            if is_hidden(Path(d)) or os.path.islink(os.path.join(dirpath, d)):
+                ignored.append(str(Path(dirpath) / d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d))
+                             and not os.path.islink(os.path.join(dirpath, d)))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if is_hidden(path):
+                ignored.append(str(path))
                 continue
             if is_image_file(path):
                 found.append(os.path.abspath(path))

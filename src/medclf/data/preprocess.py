@@ -157,9 +157,13 @@ def finish(raw: np.ndarray, full_scale: float, config, normalization: str | None
                      tuple(config.preprocess.percentiles))
 
 
+def cache_root(config) -> Path:
+    """Folder of the disk cache: ``data.cache_dir``, else ``$MEDCLF_CACHE``, else ~/.cache/medclf."""
+    return Path(config.data.cache_dir or os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
+
+
 def _disk_path(config, key: str, digest: str) -> Path:
-    root = Path(config.data.cache_dir or os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
-    return root / key / f"{digest}.npy"
+    return cache_root(config) / key / f"{digest}.npy"
 
 
 def preprocess_all(paths: list[str], config, workers: int = 2):

@@ -23,7 +23,14 @@ from ..evaluation.run import pick_device, predict_probabilities, write_evaluatio
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
 from ..plan import fingerprint, plan_config
+from ..data.discover import Manifest, ignore_reason
+from ..errors import ConfigError, DataError, RunDirError
+from ..provenance import provenance
+from ..testing.faults import fault_callbacks
 from .callbacks import MetricsCSV
+from .reliability import AtomicCheckpointIO, EpochSeeder, remove_stale_temporaries
+from .safety import (check_free_space, check_writable, is_out_of_memory, out_of_memory_advice,
+                     required_bytes)
 from .module import MONITOR_MODES, Classifier
 
 log = logging.getLogger("medclf")
@@ -66,68 +73,195 @@ def class_weights(labels: torch.Tensor, num_classes: int, setting) -> torch.Tens
     return torch.tensor(setting, dtype=torch.float32)
 
 
-def train(data: str | Path, config=None, overrides=None, out: str | Path = "runs",
-          name: str | None = None, progress: bool = True) -> TrainResult:
+def train(data: str | Path | None, config=None, overrides=None, out: str | Path = "runs",
+          name: str | None = None, progress: bool = True, resume: str | Path | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train a classifier on a dataset folder and evaluate it on the test split.
 
     Args:
-        data: class-per-folder tree (see :func:`medclf.data.discover.discover`).
+        data: class-per-folder tree (see :func:`medclf.data.discover.discover`); None takes
+            ``data.source`` of the configuration (e.g. a run's own ``config.yaml``).
         config: YAML path, dict or :class:`~medclf.config.Config` with user settings; the
             dataset plan fills in everything not given.
         overrides: ``["train.lr=3e-4", ...]`` or a nested dict, applied last.
         out: folder that receives the run directory.
         name: run name (default ``<data>-<timestamp>``); an existing name gets a suffix.
         progress: show Lightning's progress bar.
+        resume: a run directory to continue from its ``checkpoints/last.ckpt`` with its own
+            ``config.yaml`` and ``split.csv`` (optimiser, schedule, early stopping, epoch
+            counters and per-epoch random state restored); ``data``, ``config`` and
+            ``overrides`` must then be empty.
+        overwrite: replace an existing run directory named ``name`` instead of picking a
+            new name (only a medclf run directory is ever deleted).
 
     Returns:
         :class:`TrainResult` with the run directory and the test metrics.
 
     Raises:
-        MedclfError: bad configuration, bad data, or a diverged training (with advice).
+        MedclfError: bad configuration, bad data, a diverged training (with advice), an
+            output folder that cannot be written or lacks free space, or out of memory
+            (:class:`~medclf.training.safety.OutOfMemory`, with advice).
     """
     started = time.perf_counter()
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if resume is not None:
+        if data is not None or config is not None or overrides:
+            raise ConfigError("--resume continues a run with its own config.yaml: give no DATA, "
+                              "--config or --set with it")
+        return _resume(Path(resume), progress, started)
     tree = user_tree(config, overrides)
     early = validate(tree)  # the user's settings alone, to find and split the data
-    data = Path(data if data is not None else early.data.source or "")
+    if data is None and not early.data.source:
+        raise ConfigError("no dataset: give DATA or set data.source (a run's config.yaml has it)")
+    data = Path(data if data is not None else early.data.source)
     manifest = discover(data, early.data.val_fraction, early.data.test_fraction, early.seed)
     fp = fingerprint(manifest)
     cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": str(data)}})))
 
-    run_dir = rundir.create_run_dir(out, name, data.resolve().name)
+    network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
+    _preflight(Path(out), cfg, network, len(manifest.frame))
+    run_dir = rundir.create_run_dir(out, name, data.resolve().name, overwrite=overwrite)
     write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
-    splits, manifest, bad = prepare_splits(manifest, cfg)
+    splits, manifest, bad = _prepare(manifest, cfg)
+    _write_manifest(run_dir, manifest, bad, cfg)
+    write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+    return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=None)
+
+
+def _prepare(manifest, cfg):
+    try:
+        return prepare_splits(manifest, cfg)
+    except (MemoryError, RuntimeError) as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_advice(cfg, "preprocessing", err) from None
+        raise
+
+
+def _preflight(out: Path, cfg: Config, network, n_images: int) -> None:
+    """Fail before any work when ``out`` is not writable or its disk is too full."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    check_writable(out)
+    image_shape = [cfg.data.in_channels, *cfg.data.image_size]
+    check_free_space(out, required_bytes(network, n_images, image_shape, disk_cache=False))
+    if cfg.data.cache == "disk":
+        from ..data.preprocess import cache_root
+        root = cache_root(cfg)
+        root.mkdir(parents=True, exist_ok=True)
+        check_writable(root)
+        check_free_space(root, n_images * 4 * int(torch.tensor(image_shape).prod()) + 2 ** 20)
+
+
+def _write_manifest(run_dir: Path, manifest, bad, cfg: Config) -> None:
     write_csv(run_dir / rundir.SPLIT, manifest.frame)
     if bad:
         write_csv(run_dir / rundir.BAD_FILES, pd.DataFrame(bad, columns=["path", "reason"]))
         log.warning("skipped %d unreadable file(s), listed in %s", len(bad), run_dir / rundir.BAD_FILES)
-    write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+    if manifest.ignored:
+        write_csv(run_dir / rundir.IGNORED_FILES,
+                  pd.DataFrame([(p, ignore_reason(p)) for p in manifest.ignored], columns=["path", "reason"]))
+    write_json(run_dir / rundir.PROVENANCE, provenance(manifest.frame, cfg.to_dict()))
 
+
+def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
+    """Continue a killed run from ``checkpoints/last.ckpt`` (or from scratch without one)."""
+    run = rundir.load_run(run_dir)
+    cfg = run.config
+    if (run_dir / rundir.TEST_METRICS).exists():
+        raise RunDirError(f"{run_dir} has finished (test_metrics.json exists); use 'medclf evaluate' "
+                          "or start a new run")
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        log.warning("removed %d partly written file(s) of the killed run", len(removed))
+    if (run_dir / rundir.SPLIT).exists():
+        stored = pd.read_csv(run_dir / rundir.SPLIT)
+        manifest = Manifest(stored[["path", "label", "split"]].copy(), run.class_names)
+    else:  # killed while preprocessing: the seeded split is found again
+        manifest = discover(cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+        stored = None
+    splits, manifest, bad = _prepare(manifest, cfg)
+    if stored is not None and "sha" in stored:
+        changed = manifest.frame.path[manifest.frame.sha.to_numpy() != stored.sha.astype(str).to_numpy()] \
+            if len(stored) == len(manifest.frame) else manifest.frame.path
+        if len(changed):
+            raise DataError(f"{len(changed)} image(s) changed since the run started (content hash "
+                            f"differs from split.csv), e.g. {changed.iloc[0]}; start a new run")
+    else:
+        _write_manifest(run_dir, manifest, bad, cfg)
+    network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
+    check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
+    ckpt = run_dir / rundir.LAST
+    if not ckpt.exists():
+        log.warning("%s has no checkpoint yet: training starts from the first epoch", run_dir)
+        ckpt = None
+    return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=ckpt)
+
+
+def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, progress: bool,
+                      started: float, ckpt: Path | None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
     weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights)
-    network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     module = Classifier(network, manifest.num_classes, cfg.train, weights)
     trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*number of training batches.*")
-        trainer.fit(module, datamodule=ImageDataModule(splits, cfg))
+    resumed_from = None
+    if ckpt is not None:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        resumed_from = int(saved.get("epoch", -1))
+        log.warning("resuming %s after epoch %d", run_dir, resumed_from)
+        if _stopped_early(saved):
+            ckpt_arg = None  # early stopping had ended the run: only the evaluation is left
+            trainer = None
+        else:
+            ckpt_arg = str(ckpt)
+        del saved
+    else:
+        ckpt_arg = None
+    if trainer is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*number of training batches.*")
+            warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+            try:
+                trainer.fit(module, datamodule=ImageDataModule(splits, cfg), ckpt_path=ckpt_arg)
+            except (MemoryError, RuntimeError) as err:
+                if is_out_of_memory(err):
+                    raise out_of_memory_advice(cfg, "training", err) from None
+                raise
 
     best = run_dir / rundir.BEST
     checkpoint = best if best.exists() else run_dir / rundir.LAST
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(saved["state_dict"])
     test_images, test_labels = splits["test"]
-    probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size,
-                                          pick_device(cfg.trainer.accelerator))
+    try:
+        probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size,
+                                              pick_device(cfg.trainer.accelerator))
+    except (MemoryError, RuntimeError) as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_advice(cfg, "evaluation (lower eval.batch_size)", err) from None
+        raise
     test_frame = manifest.frame[manifest.frame.split == "test"]
-    extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": trainer.current_epoch,
+    epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
+    extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
              "train_time_s": round(time.perf_counter() - started, 1)}
+    if resumed_from is not None:
+        extra["resumed_after_epoch"] = resumed_from
     metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
                                manifest.class_names, str(checkpoint.relative_to(run_dir)), extra)
     return TrainResult(run_dir, metrics)
+
+
+def _stopped_early(checkpoint: dict) -> bool:
+    """True when the checkpoint's EarlyStopping state had already stopped the run."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("EarlyStopping") and isinstance(state, dict):
+            if state.get("stopped_epoch", 0) > 0 or state.get("wait_count", 0) >= state.get("patience", 1 << 30):
+                return True
+    return False
 
 
 def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: int = 0) -> L.Trainer:
@@ -138,6 +272,8 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_selection",
                         mode=mode, save_top_k=1, save_last=True, enable_version_counter=False),
         MetricsCSV(run_dir / rundir.METRICS),
+        EpochSeeder(cfg.seed),
+        *fault_callbacks(),
     ]
     if cfg.train.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor="val_selection", mode=mode,
@@ -156,5 +292,5 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         gradient_clip_val=cfg.train.gradient_clip, callbacks=callbacks,
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
     )
