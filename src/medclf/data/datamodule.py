@@ -16,12 +16,20 @@ class ArrayDataset(Dataset):
         images: float32 tensor ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
         labels: int64 tensor ``(N,)`` of class indices.
         transform: a callable on one ``(C, ...)`` tensor (training augmentation) or None.
+        seed: when given with a MONAI ``Randomizable`` transform, the transform's random
+            state is set from ``(seed, epoch, index)`` before each item, so the augmentation
+            of an item depends on nothing else (not on prefetching, re-iteration, worker
+            processes, or whether the run was resumed).
+        epoch: the epoch this dataset serves (see ``seed``).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None,
+                 seed: int | None = None, epoch: int = 0):
         self.images = images
         self.labels = labels
         self.transform = transform
+        self.seed = seed
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -29,8 +37,35 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.images[index]
         if self.transform is not None:
+            if self.seed is not None and hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(seed=item_seed(self.seed, self.epoch, index))
             image = torch.as_tensor(self.transform(image)).float()
         return image, self.labels[index]
+
+
+def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A 32-bit seed for item ``index`` of ``epoch`` (NumPy SeedSequence); ``stream`` 0 is the
+    augmentation, 1 the shuffling, 2 the loader's generator."""
+    return int(np.random.SeedSequence([seed % 2 ** 64, epoch, stream, index]).generate_state(1)[0])
+
+
+class EpochPermutation(torch.utils.data.Sampler):
+    """Shuffled indices ``0..n-1``, the same permutation every time it is iterated.
+
+    The permutation is a function of ``(seed, epoch)`` only (torch.randperm with a fresh
+    generator), so Lightning's prefetching and re-iteration of a loader, and resuming a
+    run, always see the same order for the same epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, 0, stream=1))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -58,18 +93,16 @@ class ImageDataModule(L.LightningDataModule):
         if train:
             transform = build_augmentation(cfg.augment, cfg.model.spatial_dims,
                                            list(images.shape[2:]), cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(ArrayDataset(images, labels, transform),
-                            batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
-                            shuffle=train, drop_last=train and len(labels) > cfg.train.batch_size,
-                            num_workers=cfg.data.num_workers, generator=generator,
-                            persistent_workers=cfg.data.num_workers > 0)
-        if train and self.trainer is not None:
-            # Lightning fetches the first batch before on_train_epoch_start: seed it for the
-            # epoch it belongs to (a resumed run starts at a later epoch)
-            from ..training.reliability import seed_loader
-            seed_loader(loader, cfg.seed, self.trainer.current_epoch)
-        return loader
+        # the Trainer rebuilds the training loader every epoch; shuffling and augmentation
+        # are functions of (seed, epoch, index), so a resumed run repeats them exactly
+        epoch = self.trainer.current_epoch if train and self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(item_seed(cfg.seed, epoch, 0, stream=2))
+        return DataLoader(ArrayDataset(images, labels, transform, seed=cfg.seed, epoch=epoch),
+                          batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
+                          sampler=EpochPermutation(len(labels), cfg.seed, epoch) if train else None,
+                          drop_last=train and len(labels) > cfg.train.batch_size,
+                          num_workers=cfg.data.num_workers, generator=generator,
+                          persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

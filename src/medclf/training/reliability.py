@@ -6,12 +6,12 @@
   (fsspec transaction) and then *moves* it, which is a copy, not a rename, whenever /tmp
   is another file system: a kill during that copy leaves a torn ``last.ckpt``.
 * :class:`EpochSeeder` makes the random state at the start of epoch ``e`` a function of
-  ``(seed, e)`` only: Python's, NumPy's and torch's global generators, the training
-  DataLoader's shuffling generator and the MONAI augmentation transforms' own random
-  states are all re-seeded from ``numpy.random.SeedSequence([seed, e])``. A run resumed
+  ``(seed, e)`` only: Python's, NumPy's and torch's global generators are re-seeded from
+  ``numpy.random.SeedSequence([seed, e])``, and the DataModule derives the shuffling of
+  epoch ``e`` and the augmentation of each item from ``(seed, e, index)``. A run resumed
   from the checkpoint of epoch ``e - 1`` therefore draws exactly the random numbers an
-  uninterrupted run draws (with ``data.num_workers=0``: worker processes keep their own
-  augmentation state).
+  uninterrupted run draws, whatever the number of DataLoader workers. This replaces
+  saving and restoring generator states: there is no state to save.
 """
 from __future__ import annotations
 
@@ -84,39 +84,25 @@ def remove_stale_temporaries(folder: str | Path) -> list[str]:
 
 def epoch_seeds(seed: int, epoch: int) -> list[int]:
     """Four 32-bit seeds for epoch ``epoch`` of a run seeded with ``seed`` (NumPy SeedSequence)."""
-    return [int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(4)]
+    return [int(s) for s in np.random.SeedSequence([seed % 2 ** 64, epoch]).generate_state(4)]
 
 
 class EpochSeeder(L.Callback):
-    """Re-seed every random generator of training at the start of each epoch from ``(seed, epoch)``.
+    """Re-seed the global random generators at the start of each epoch from ``(seed, epoch)``.
 
-    Covers Python ``random``, NumPy's global generator, torch's global generator (dropout,
-    weight noise), the training DataLoader's ``generator`` (shuffling) and, when the
-    training dataset has a MONAI ``Randomizable`` ``transform`` (a ``Compose``), that
-    transform's random state (augmentation). The DataModule calls :meth:`seed_loader` when
-    it builds the training loader, because Lightning fetches the first batch of a freshly
-    started process before ``on_train_epoch_start``.
+    Covers Python ``random``, NumPy's global generator and torch's global generator
+    (dropout). Shuffling and augmentation do not use these: the DataModule derives them from
+    ``(seed, epoch, index)`` (:class:`medclf.data.datamodule.EpochPermutation` and
+    :class:`~medclf.data.datamodule.ArrayDataset`), because Lightning fetches an epoch's
+    first batch before ``on_train_epoch_start`` and iterates a loader twice in some epochs.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer, pl_module):
-        a, b, c, d = epoch_seeds(self.seed, trainer.current_epoch)
+        a, b, c, _ = epoch_seeds(self.seed, trainer.current_epoch)
         random.seed(a)
         np.random.seed(b)
         torch.manual_seed(c)
-        loader = trainer.train_dataloader
-        if loader is not None:
-            seed_loader(loader, self.seed, trainer.current_epoch)
 
-
-def seed_loader(loader, seed: int, epoch: int) -> None:
-    """Seed a DataLoader's shuffling generator and its dataset's augmentation for ``epoch``."""
-    _, _, _, d = epoch_seeds(seed, epoch)
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(d)
-    transform = getattr(getattr(loader, "dataset", None), "transform", None)
-    if transform is not None and hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed=d % (2 ** 32))

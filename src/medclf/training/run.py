@@ -119,6 +119,7 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     fp = fingerprint(manifest)
     cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": str(data)}})))
 
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # seeded initialisation
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     _preflight(Path(out), cfg, network, len(manifest.frame))
     run_dir = rundir.create_run_dir(out, name, data.resolve().name, overwrite=overwrite)
@@ -191,6 +192,7 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
                             f"differs from split.csv), e.g. {changed.iloc[0]}; start a new run")
     else:
         _write_manifest(run_dir, manifest, bad, cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
     ckpt = run_dir / rundir.LAST
@@ -293,4 +295,5 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+        reload_dataloaders_every_n_epochs=1,  # per-epoch seeded loaders (see EpochSeeder)
     )
