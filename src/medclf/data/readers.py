@@ -7,6 +7,7 @@ and then resizing, and gives the same result after the final resize.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -35,41 +36,73 @@ def read_image(data: bytes, size: tuple[int, int], in_channels: int = 1,
         8-bit, 65535 for 16-bit), used by the ``scale255`` normalisation.
 
     Raises:
-        UnreadableImage: empty, truncated or non-image content, or too many pixels.
+        UnreadableImage: empty, truncated or non-image content (any failure of the decoder on
+            damaged bytes), fewer than 2x2 pixels, too many pixels (``max_pixels`` or
+            Pillow's hard limit of twice ``PIL.Image.MAX_IMAGE_PIXELS``, checked from the
+            header before any pixel is decoded), a multi-page TIFF (a volume), or values
+            that are not finite.
     """
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
+    if in_channels not in (1, 3):
+        raise UnreadableImage(f"in_channels={in_channels} is not supported for 2D images (use 1 or 3)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own limit (max_pixels) replaces Pillow's warning; its hard error still applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise UnreadableImage(f"{width}x{height} pixels exceeds data.max_pixels={max_pixels}")
-            if image.format == "JPEG" and in_channels == 1:
+                raise UnreadableImage(f"{width}x{height} pixels exceeds data.max_pixels={max_pixels} "
+                                      "(decompression-bomb guard; raise the limit if the image is genuine)")
+            frames = getattr(image, "n_frames", 1)
+            if image.format == "TIFF" and frames > 1:
+                raise UnreadableImage(f"a {frames}-page TIFF (a 3D volume or a stack) among 2D images; "
+                                      "give volumes in a 3D format with model.spatial_dims=3, or one "
+                                      "image per file")
+            if image.format == "JPEG" and in_channels == 1 and image.mode in ("RGB", "L", "YCbCr"):
                 # decode at 1/2, 1/4 or 1/8 scale straight to luma, never below the target size
-                image.draft("L", (size[1], size[0]))
+                # (in either orientation: EXIF rotation is applied afterwards)
+                side = max(size[0], size[1])
+                image.draft("L", (side, side))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - unparsable EXIF declares no orientation
+                pass
+            if image.width < 2 or image.height < 2:
+                raise UnreadableImage(f"image is only {image.width}x{image.height} pixels")
+            image, full_scale = _to_supported_mode(image, gray=in_channels == 1)
     except UnreadableImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise UnreadableImage(f"not a readable image ({err.__class__.__name__}: {err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UnreadableImage(f"corrupt or truncated image ({err})") from None
-    if image.width < 2 or image.height < 2:
-        raise UnreadableImage(f"image is only {image.width}x{image.height} pixels")
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(found.group(1)):,} pixels" if found else str(err)
+        raise UnreadableImage(f"{pixels} exceeds data.max_pixels={max_pixels} and Pillow's own limit of "
+                              f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} (decompression-bomb guard)") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage(f"not a readable image: the content is not PNG, JPEG, BMP or TIFF "
+                              f"(it starts with {_head(data)})") from None
+    except MemoryError:
+        raise UnreadableImage("decoding needs more memory than is available") from None
+    except Exception as err:  # noqa: BLE001 - any failure inside the decoder means a damaged file
+        raise UnreadableImage(f"corrupt or truncated image ({err.__class__.__name__}: {err})") from None
 
-    if in_channels not in (1, 3):
-        raise UnreadableImage(f"in_channels={in_channels} is not supported for 2D images (use 1 or 3)")
-    image, full_scale = _to_supported_mode(image, gray=in_channels == 1)
     bands = image.split() if image.mode == "RGB" else [image]
     arrays = [np.asarray(b.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=2.0),
                          dtype=np.float32) for b in bands]
     array = np.stack(arrays)
     if array.shape[0] != in_channels:  # a grayscale file fed to an RGB model
         array = np.repeat(array, in_channels, axis=0)
+    if not np.isfinite(array).all():
+        raise UnreadableImage("pixel values include NaN or infinity")
     return array, full_scale
+
+
+def _head(data: bytes, n: int = 24) -> str:
+    """The first bytes of a file, printable, for error messages."""
+    text = data[:n].decode("latin-1")
+    return repr("".join(ch if ch.isprintable() else "." for ch in text))
 
 
 def _to_supported_mode(image: Image.Image, gray: bool) -> tuple[Image.Image, float]:
