@@ -50,6 +50,7 @@ def read_image(data: bytes, size: tuple[int, int], in_channels: int = 1,
         with warnings.catch_warnings():
             # our own limit (max_pixels) replaces Pillow's warning; its hard error still applies
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module=r"PIL\.")  # e.g. "Corrupt EXIF data"
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
