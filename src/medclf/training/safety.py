@@ -73,10 +73,11 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def out_of_memory_advice(cfg, stage: str, err: BaseException) -> OutOfMemory:
     """An :class:`OutOfMemory` error saying which settings to lower."""
+    detail = (str(err).splitlines() or [""])[0][:200]
     size = "x".join(str(s) for s in cfg.data.image_size)
     smaller = "x".join(str(max(16, s // 2)) for s in cfg.data.image_size)
     return OutOfMemory(
-        f"ran out of memory during {stage} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        f"ran out of memory during {stage} ({type(err).__name__}{': ' + detail if detail else ''}). "
         f"Try a smaller batch (--set train.batch_size={max(1, cfg.train.batch_size // 2)}, now "
         f"{cfg.train.batch_size}), smaller images (--set data.image_size=[{smaller.replace('x', ',')}], "
         f"now {size}), a smaller model (model.name / model.filters), or on a GPU "
