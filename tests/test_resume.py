@@ -111,3 +111,19 @@ def test_deterministic_runs_repeat_from_the_stored_config(reference, capsys):
     assert one["packages"]["torch"] == torch.__version__.split("+")[0] or one["packages"]["torch"] == torch.__version__
     assert one["packages"]["lightning"] and one["deterministic"] is True
     capsys.readouterr()
+
+
+def test_run_killed_after_its_last_epoch_resumes_to_evaluation_only(reference, tmp_path, capsys):
+    _, _, full = reference
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(full, run)
+    for name in ("test_metrics.json", "predictions.csv"):
+        (run / name).unlink()
+    before = (run / "metrics.csv").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "metrics.csv").read_text() == before  # no epoch was trained again
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert test["resumed_after_epoch"] == 2
+    assert final(run)[1] == final(full)[1]
+    capsys.readouterr()
