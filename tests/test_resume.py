@@ -51,7 +51,7 @@ def final(run: Path):
 
 def kill_and_check(run: Path, args, fault: str, killed_epoch: int) -> None:
     killed = medclf(*args, fault=fault)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert killed.returncode == -signal.SIGKILL, (fault, killed.stdout[-2000:], killed.stderr[-2000:])
     assert not (run / "test_metrics.json").exists()
     # the last complete checkpoint is intact and is the one before the killed epoch
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -272,7 +272,11 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
     mode = MONITOR_MODES[cfg.train.monitor]
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_selection",
-                        mode=mode, save_top_k=1, save_last=True, enable_version_counter=False),
+                        mode=mode, save_top_k=1, save_last=False, enable_version_counter=False),
+        # last.ckpt after every epoch, for --resume (Lightning 2.6's save_last=True writes it
+        # only in epochs where the best checkpoint was also written)
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         MetricsCSV(run_dir / rundir.METRICS),
         EpochSeeder(cfg.seed),
         *fault_callbacks(),
