@@ -127,3 +127,19 @@ def test_run_killed_after_its_last_epoch_resumes_to_evaluation_only(reference, t
     assert test["resumed_after_epoch"] == 2
     assert final(run)[1] == final(full)[1]
     capsys.readouterr()
+
+
+def test_run_killed_before_its_first_checkpoint_starts_again_identically(reference, tmp_path, capsys):
+    """Only config.yaml was written (killed while preprocessing): resume trains from the
+    start and ends where the uninterrupted run ended."""
+    _, _, full = reference
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.yaml").write_text((full / "config.yaml").read_text())
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    ref_metrics, ref_test = final(full)
+    metrics, result = final(run)
+    pd.testing.assert_frame_equal(metrics[SAME], ref_metrics[SAME], check_exact=True)
+    assert result == ref_test
+    assert (run / "split.csv").read_text() == (full / "split.csv").read_text()
+    capsys.readouterr()

@@ -17,13 +17,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .. import rundir
 from ..config import Config, deep_merge, load_yaml, parse_overrides, validate
 from ..data.datamodule import ImageDataModule
-from ..data.discover import discover
+from ..data.discover import Manifest, discover, ignore_reason
 from ..data.prepare import prepare_splits
 from ..evaluation.run import pick_device, predict_probabilities, write_evaluation
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
 from ..plan import fingerprint, plan_config
-from ..data.discover import Manifest, ignore_reason
 from ..errors import ConfigError, DataError, RunDirError
 from ..provenance import provenance
 from ..testing.faults import fault_callbacks
@@ -169,29 +168,34 @@ def _write_manifest(run_dir: Path, manifest, bad, cfg: Config) -> None:
 
 def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     """Continue a killed run from ``checkpoints/last.ckpt`` (or from scratch without one)."""
-    run = rundir.load_run(run_dir)
-    cfg = run.config
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise RunDirError(f"{run_dir} is not a medclf run directory (no {rundir.CONFIG})")
+    cfg = validate(load_yaml(run_dir / rundir.CONFIG))
     if (run_dir / rundir.TEST_METRICS).exists():
         raise RunDirError(f"{run_dir} has finished (test_metrics.json exists); use 'medclf evaluate' "
                           "or start a new run")
     removed = remove_stale_temporaries(run_dir)
     if removed:
         log.warning("removed %d partly written file(s) of the killed run", len(removed))
-    if (run_dir / rundir.SPLIT).exists():
+    if (run_dir / rundir.SPLIT).exists() and (run_dir / rundir.DATASET).exists():
+        run = rundir.load_run(run_dir)
         stored = pd.read_csv(run_dir / rundir.SPLIT)
         manifest = Manifest(stored[["path", "label", "split"]].copy(), run.class_names)
     else:  # killed while preprocessing: the seeded split is found again
         manifest = discover(cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
         stored = None
+    fp = fingerprint(manifest) if stored is None else None
     splits, manifest, bad = _prepare(manifest, cfg)
-    if stored is not None and "sha" in stored:
-        changed = manifest.frame.path[manifest.frame.sha.to_numpy() != stored.sha.astype(str).to_numpy()] \
-            if len(stored) == len(manifest.frame) else manifest.frame.path
-        if len(changed):
+    if stored is not None:
+        old = dict(zip(stored.path, stored.sha.astype(str)))
+        new = dict(zip(manifest.frame.path, manifest.frame.sha))
+        changed = sorted(path for path in set(old) | set(new) if old.get(path) != new.get(path))
+        if changed:
             raise DataError(f"{len(changed)} image(s) changed since the run started (content hash "
-                            f"differs from split.csv), e.g. {changed.iloc[0]}; start a new run")
+                            f"differs from {rundir.SPLIT}), e.g. {changed[0]}; start a new run")
     else:
         _write_manifest(run_dir, manifest, bad, cfg)
+        write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
