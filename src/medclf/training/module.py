@@ -108,7 +108,7 @@ class Classifier(L.LightningModule):
 def build_scheduler(optimizer, cfg, trainer):
     """The learning-rate schedule as a Lightning scheduler dict (or None for 'none')."""
     steps_per_epoch = max(1, math.ceil(trainer.estimated_stepping_batches / max(1, trainer.max_epochs)))
-    total = max(4, int(trainer.estimated_stepping_batches))  # OneCycleLR needs >= 2 steps per phase
+    total = max(2, int(trainer.estimated_stepping_batches))
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "none" or (cfg.schedule in ("onecycle", "cosine") and total < 4):
