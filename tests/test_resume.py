@@ -143,3 +143,19 @@ def test_run_killed_before_its_first_checkpoint_starts_again_identically(referen
     assert result == ref_test
     assert (run / "split.csv").read_text() == (full / "split.csv").read_text()
     capsys.readouterr()
+
+
+def test_resume_refuses_images_that_changed(reference, tmp_path, capsys):
+    _, _, full = reference
+    import shutil
+    run = tmp_path / "changed"
+    shutil.copytree(full, run)
+    (run / "test_metrics.json").unlink()
+    # last.ckpt is written after every epoch, whether or not the epoch was the best
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2
+    split = pd.read_csv(run / "split.csv")
+    split.loc[3, "sha"] = "0" * 32  # as if the file's content had changed since
+    split.to_csv(run / "split.csv", index=False)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) changed since the run started" in err and split.path[3] in err
