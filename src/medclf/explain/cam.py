@@ -147,8 +147,10 @@ class Saliency:
         occlusion = OcclusionSensitivity(self.model, mask_size=size, n_batch=16, verbose=False,
                                          mode="mean_img", overlap=0.5)
         baseline = self.model(image).softmax(dim=1)[0, class_index]
-        occluded, _ = occlusion(image)
-        drop = (baseline - occluded[..., class_index]).clamp(min=0).mean(dim=1, keepdim=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MONAI's indexing deprecation notice
+            occluded, _ = occlusion(image)  # (1, num_classes, *spatial): probabilities when occluded
+        drop = (baseline - occluded[:, class_index:class_index + 1]).clamp(min=0)
         return _normalise(drop)[0, 0].cpu().numpy().astype(np.float32)
 
 
