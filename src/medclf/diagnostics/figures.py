@@ -103,7 +103,8 @@ def summary_figure(out_dir: Path, records: list[dict], dead: list[dict]) -> Path
         part = stats[stats.kind == kind]
         for layer, rows in part.groupby("layer", sort=False):
             ax.plot(rows.step, rows["std"], marker=".", label=_short(layer))
-        ax.set_yscale("log")
+        if (part["std"] > 0).any():
+            ax.set_yscale("log")
         ax.set_title(f"{kind}: standard deviation per layer")
         ax.set_xlabel("step")
     axes[0, 0].legend(fontsize=6, loc="best")
@@ -112,7 +113,8 @@ def summary_figure(out_dir: Path, records: list[dict], dead: list[dict]) -> Path
     if norm_csv.exists():
         norms = pd.read_csv(norm_csv)
         ax.plot(norms.step, norms.grad_norm, lw=0.8)
-        ax.set_yscale("log")
+        if (norms.grad_norm > 0).any():
+            ax.set_yscale("log")
     ax.set_title("global gradient norm (before clipping)")
     ax.set_xlabel("step")
     ax = axes[1, 1]
@@ -128,7 +130,7 @@ def summary_figure(out_dir: Path, records: list[dict], dead: list[dict]) -> Path
     part = stats[(stats.kind == "weights") & stats.rel_change.notna()]
     for layer, rows in part.groupby("layer", sort=False):
         ax.plot(rows.step, rows.rel_change, marker=".", label=_short(layer))
-    if len(part):
+    if (part.rel_change > 0).any():
         ax.set_yscale("log")
     ax.set_title("relative weight change since the previous recorded step")
     ax.set_xlabel("step")
