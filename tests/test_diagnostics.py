@@ -107,7 +107,7 @@ def test_diagnostics_outputs_of_a_run(tiny_run):
 
 def test_architecture_files(tiny_run, tmp_path, monkeypatch, caplog):
     text = (tiny_run / "architecture.txt").read_text()
-    assert "SmallCNN" in text and "(1, 16, 4, 4)" in text and "parameters:" in text
+    assert "SmallCNN" in text and "(1, 16, 16, 16)" in text and "parameters:" in text
     with Image.open(tiny_run / "architecture.png") as graph:
         assert graph.height > 300
     monkeypatch.setenv("PATH", str(tmp_path))  # no Graphviz 'dot': only a warning
