@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
 
@@ -51,8 +51,7 @@ def step_figures(out_dir: Path, records: list[dict], dpi: int = 60) -> dict[str,
             ax.set_yticks([])
             ax.tick_params(labelsize=6)
             ax.set_title(f"{kind}: {_short(layer)}", fontsize=7)
-    title = fig.suptitle("", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the step label
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     height = fig.canvas.get_width_height()[1]
@@ -73,12 +72,14 @@ def step_figures(out_dir: Path, records: list[dict], dpi: int = 60) -> dict[str,
                     continue
                 artist.set_data(record["counts"], record["edges"])
                 ax.set_ylim(0, max(record["counts"].max(), 1) * 1.05)
-        title.set_text(f"step {step}: per-layer histograms")
         fig.canvas.draw()
         image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
-        _save_image(image, out_dir / "steps" / f"step_{step:06d}.png")
         for col, kind in enumerate(KINDS):
-            frames[kind].append(image.crop(boxes[col]))
+            frame = image.crop(boxes[col])
+            ImageDraw.Draw(frame).text((6, 2), f"{kind}, step {step}", fill=(0, 0, 0))
+            frames[kind].append(frame)
+        ImageDraw.Draw(image).text((6, 2), f"step {step}: per-layer histograms", fill=(0, 0, 0))
+        _save_image(image, out_dir / "steps" / f"step_{step:06d}.png")
     plt.close(fig)
     return frames
 
