@@ -66,6 +66,8 @@ def prepare_array(array: np.ndarray, config) -> np.ndarray:
     from ..data.preprocess import normalize
     spatial_dims = config.model.spatial_dims
     array = np.asarray(array, dtype=np.float32)
+    if spatial_dims == 2 and array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] not in (1, 3, 4):
+        array = np.moveaxis(array[..., :3], -1, 0)  # an (H, W, RGB[A]) picture -> (C, H, W)
     if array.ndim == spatial_dims:
         array = array[None]
     if array.ndim != spatial_dims + 1:
