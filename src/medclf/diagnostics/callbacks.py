@@ -151,7 +151,8 @@ class HistogramDiagnostics(L.Callback):
 
     # -- which steps ------------------------------------------------------------------
     def _due(self, trainer) -> bool:
-        return trainer.global_step % self.cfg.every_n_steps == 0
+        # with several processes (DDP) only the first records: the others hold the same weights
+        return trainer.is_global_zero and trainer.global_step % self.cfg.every_n_steps == 0
 
     def on_fit_start(self, trainer, pl_module):
         self._layers = recorded_layers(pl_module, self.cfg.max_layers)
@@ -254,7 +255,7 @@ class GradNormMonitor(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if not grads:
+        if not grads or not getattr(trainer, "is_global_zero", True):
             return
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         step = trainer.global_step
