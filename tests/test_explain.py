@@ -134,3 +134,22 @@ def test_explain_errors_are_clear(tiny_run, tmp_path, capsys):
     assert code == 2 and "file not found" in capsys.readouterr().err
     with pytest.raises(Exception, match="unknown target layer 'nope'"):
         explain_image(tiny_run, image, target_layer="nope")
+
+
+def test_gallery_of_most_confident_correct_and_wrong(tiny_run):
+    import pandas as pd
+    from medclf.explain.gallery import select_gallery
+    gallery = pd.read_csv(tiny_run / "plots" / "gallery" / "gallery.csv")
+    predictions = pd.read_csv(tiny_run / "predictions.csv")
+    n_wrong = int((predictions.label != predictions.predicted).sum())
+    assert len(gallery) == min(4, len(predictions) - n_wrong) + min(4, n_wrong)
+    for kind, rows in gallery.groupby("kind"):
+        assert ((rows.label == rows.predicted) == (kind == "correct")).all()
+        assert list(rows.confidence) == sorted(rows.confidence, reverse=True)
+        assert all((tiny_run / "plots" / "gallery" / png).stat().st_size > 3000 for png in rows.png)
+    frame = pd.DataFrame({"path": list("abcde"), "label": ["x", "x", "y", "y", "x"],
+                          "predicted": ["x", "y", "y", "x", "y"],
+                          "prob_x": [0.6, 0.1, 0.3, 0.95, 0.2], "prob_y": [0.4, 0.9, 0.7, 0.05, 0.8]})
+    chosen = select_gallery(frame, ["x", "y"], k=2)
+    assert list(chosen.path) == ["c", "a", "d", "b"]  # correct by confidence, then top losses
+    assert list(chosen["rank"]) == [1, 2, 1, 2]

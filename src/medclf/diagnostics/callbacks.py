@@ -44,24 +44,34 @@ def recorded_layers(model: nn.Module, max_layers: int = 0) -> list[tuple[str, nn
     return layers
 
 
-def histogram(values: torch.Tensor, bins: int) -> dict:
+MAX_SAMPLE = 1 << 16  # values per histogram; larger tensors are sampled with a fixed stride
+
+
+def histogram(values: torch.Tensor, bins: int, max_sample: int = MAX_SAMPLE) -> dict:
     """Counts of ``values`` in ``bins`` equal bins between their min and max, with summary
-    statistics (``min``, ``max``, ``mean``, ``std``, ``num``, ``sum``, ``sum_squares``)."""
-    flat = values.detach().float().flatten()
-    flat = flat[torch.isfinite(flat)]
-    if flat.numel() == 0:
-        flat = torch.zeros(1)
-    low, high = float(flat.min()), float(flat.max())
+    statistics (``min``, ``max``, ``mean``, ``std``, ``num``, ``sum``, ``sum_squares``).
+
+    Tensors with more than ``max_sample`` elements (large activations) are histogrammed on
+    every k-th element, which keeps a recorded step cheap; ``num``, ``sum`` and
+    ``sum_squares`` are scaled back to the whole tensor. Non-finite values are left out.
+    """
+    flat = values.detach().reshape(-1)
+    n_all = flat.numel()
+    stride = max(1, -(-n_all // max_sample))
+    sample = flat[::stride].float().cpu().contiguous()
+    low, high = (float(v) for v in torch.aminmax(sample))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        sample = sample[torch.isfinite(sample)]
+        if sample.numel() == 0:
+            sample = torch.zeros(1)
+        low, high = (float(v) for v in torch.aminmax(sample))
     if high <= low:
         high = low + max(abs(low) * 1e-6, 1e-12)
-    counts = torch.histc(flat, bins=bins, min=low, max=high)
-    total = float(flat.sum())
-    squares = float((flat * flat).sum())
-    n = flat.numel()
-    mean = total / n
+    counts = torch.histc(sample, bins=bins, min=low, max=high)
+    std, mean = (float(v) for v in torch.std_mean(sample, correction=0))
     return {"counts": counts.numpy().astype(np.float64), "edges": np.linspace(low, high, bins + 1),
-            "min": low, "max": high, "num": n, "sum": total, "sum_squares": squares,
-            "mean": mean, "std": math.sqrt(max(squares / n - mean * mean, 0.0))}
+            "min": low, "max": high, "num": n_all, "sum": mean * n_all,
+            "sum_squares": (std * std + mean * mean) * n_all, "mean": mean, "std": std}
 
 
 def dead_fraction(output: torch.Tensor) -> float:
@@ -69,7 +79,8 @@ def dead_fraction(output: torch.Tensor) -> float:
     output is zero (or negative) for every sample and position of the batch."""
     if output.ndim < 2:
         return float("nan")
-    alive = (output.detach() > 0).transpose(0, 1).reshape(output.shape[1], -1).any(dim=1)
+    dims = [0] + list(range(2, output.ndim))
+    alive = output.detach().amax(dim=dims) > 0
     return float(1.0 - alive.float().mean())
 
 
