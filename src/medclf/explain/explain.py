@@ -55,15 +55,15 @@ def _is_nifti(path: Path) -> bool:
 
 def prepare_array(array: np.ndarray, config) -> np.ndarray:
     """Raw intensities ``(*spatial)`` or ``(C, *spatial)`` -> the run's model input
-    ``(C, *image_size)``: channels matched, resized (MONAI ``Resize``, linear) and normalised
-    like training images.
+    ``(C, *image_size)``: channels matched, resized (MONAI ``Resize``, linear), then the run's
+    preprocessing steps and normalisation, like training images.
 
     Raises:
         DataError: the array's dimensions do not fit the run (2D vs 3D).
     """
     from monai.transforms import Resize
 
-    from ..data.preprocess import normalize
+    from ..data.preprocess import finish
     spatial_dims = config.model.spatial_dims
     array = np.asarray(array, dtype=np.float32)
     if spatial_dims == 2 and array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] not in (1, 3, 4):
@@ -80,8 +80,7 @@ def prepare_array(array: np.ndarray, config) -> np.ndarray:
     if list(array.shape[1:]) != size:
         array = np.asarray(Resize(size, mode="trilinear" if spatial_dims == 3 else "bilinear")(array))
     full_scale = 65535.0 if array.max() > 255 else 255.0
-    return normalize(array, config.preprocess.normalization, full_scale,
-                     tuple(config.preprocess.percentiles))
+    return finish(array, full_scale, config)  # the run's preprocessing steps and normalisation
 
 
 def load_input(path_or_array, config) -> tuple[np.ndarray, np.ndarray | None, tuple]:
