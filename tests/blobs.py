@@ -44,6 +44,7 @@ def train_blob_model(spatial_dims: int, size: int, radius: int, n: int, epochs: 
     return model.eval()
 
 
-def iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+def iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.6) -> float:
+    """IoU of the heatmap thresholded at ``threshold`` (of its maximum, 1) with the blob mask."""
     region = heatmap >= threshold
     return float((region & mask).sum() / max((region | mask).sum(), 1))
