@@ -1,4 +1,4 @@
-"""The ``medclf`` command: train, evaluate, predict, preview, serve.
+"""The ``medclf`` command: train, evaluate, predict, preview, explain, report, serve.
 
 User errors (bad data, bad configuration, a diverged run) print a clear message and exit
 with status 2, never a traceback.
@@ -59,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+    p = sub.add_parser("explain", help="heatmaps of where the model looks (Grad-CAM), per image")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", help="image files (2D) or NIfTI volumes (3D)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class to explain (default: the predicted class)")
+    p.add_argument("--out", help="output folder (default: RUN/explanations)")
+    p.add_argument("--method", choices=["gradcam", "gradcampp", "occlusion"],
+                   help="saliency method (default: the run's explain.method, gradcam)")
+    p.add_argument("--layer", help="target layer of Grad-CAM (default: the last convolutional block)")
+
+    p = sub.add_parser("report", help="write the run's report.html (one self-contained page)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
     return parser
 
 
@@ -131,8 +144,29 @@ def _serve(args) -> int:
     return 0
 
 
+def _explain(args) -> int:
+    from . import rundir
+    from .explain import explain_files
+    run = rundir.load_run(args.run)
+    method = args.method or run.config.explain.method
+    out, frame = explain_files(run.path, args.images, args.out, args.class_name, method,
+                               args.layer or run.config.explain.target_layer)
+    for _, row in frame.iterrows():
+        extra = f"  {row.nifti}" if row.nifti else ""
+        print(f"{row.path}: {row.predicted} ({row.probability:.3f}); {method} for {row.class_name}: "
+              f"{row.png}{extra}")
+    print(out)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+    print(write_report(args.run, args.out))
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
-            "serve": _serve}
+            "explain": _explain, "report": _report, "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,7 +125,20 @@ class EvalConfig(_Section):
 
 
 class DiagnosticsConfig(_Section):
-    every_n_steps: int = Field(0, ge=0, description="Record weight/gradient/activation histograms every N steps (0: off).")
+    enabled: bool = Field(False, description="Record training diagnostics (per-layer weight/gradient/activation histograms, dead ReLU units, global gradient norm) into diagnostics/ and TensorBoard; off by default because it costs time.")
+    every_n_steps: int = Field(25, ge=1, description="Record histograms and dead ReLU units every N training steps (the gradient norm is recorded every step).")
+    max_layers: int = Field(12, ge=0, description="Layers (convolutions and linear layers, evenly spread from first to last) whose histograms are recorded; 0: all.")
+    bins: int = Field(50, ge=4, le=1000, description="Histogram bins.")
+    images: bool = Field(True, description="Draw a PNG per recorded step, a GIF per kind (weights, gradients, activations) and a summary figure at the end of training.")
+    dead_relu_threshold: float = Field(0.5, gt=0, le=1, description="Warn when more than this fraction of a ReLU layer's units (channels) output zero for a whole batch.")
+    grad_norm_explode: float = Field(1000.0, gt=0, description="Warn (exploding gradients) when the global gradient norm, before clipping, exceeds this.")
+    grad_norm_vanish: float = Field(1e-7, ge=0, description="Warn (vanishing gradients) when the global gradient norm falls below this.")
+
+
+class ExplainConfig(_Section):
+    method: Literal["gradcam", "gradcampp", "occlusion"] = Field("gradcam", description="Saliency method of the gallery and of `medclf explain`: Grad-CAM, Grad-CAM++ (MONAI) or occlusion sensitivity (slower).")
+    target_layer: Optional[str] = Field(None, description="Module name whose activations Grad-CAM uses (None: the last convolutional block).")
+    gallery_size: int = Field(4, ge=0, le=50, description="Most confident correct and most confident wrong test predictions shown with their heatmaps after evaluation (0: no gallery).")
 
 
 class Config(_Section):
@@ -140,6 +153,7 @@ class Config(_Section):
     trainer: TrainerConfig = TrainerConfig()
     eval: EvalConfig = EvalConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    explain: ExplainConfig = ExplainConfig()
 
     def to_dict(self) -> dict:
         """The resolved tree as plain Python types (what ``config.yaml`` stores)."""

@@ -50,4 +50,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
     metrics = write_evaluation(out, kept.frame, probabilities, labels, run.class_names, checkpoint, extra)
+    if data is None:  # the run's own test split: refresh its gallery and report
+        from ..postrun import after_evaluation
+        after_evaluation(run.path, run.config)
     return out, metrics

@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .. import rundir
 from ..config import Config, deep_merge, load_yaml, parse_overrides, validate
+from ..diagnostics import build_callbacks as build_diagnostics, write_architecture
+from ..postrun import after_evaluation
 from ..data.datamodule import ImageDataModule
 from ..data.discover import Manifest, discover, ignore_reason
 from ..data.prepare import prepare_splits
@@ -212,6 +214,8 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     train_labels = splits["train"][1]
     weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights)
     module = Classifier(network, manifest.num_classes, cfg.train, weights)
+    with torch.random.fork_rng():  # drawing the graph must not change the training's randomness
+        write_architecture(network, (cfg.data.in_channels, *cfg.data.image_size), run_dir)
     trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
     resumed_from = None
     if ckpt is not None:
@@ -258,6 +262,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
         extra["resumed_after_epoch"] = resumed_from
     metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
                                manifest.class_names, str(checkpoint.relative_to(run_dir)), extra)
+    after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
 
 
@@ -293,6 +298,7 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         steps_per_epoch = max(1, n_train // cfg.train.batch_size)
         decay = 1.0 - 1.0 / max(1.0, cfg.train.ema_epochs * steps_per_epoch)
         callbacks.append(EMAWeightAveraging(decay=decay))  # Lightning's EMA of the weights
+    callbacks += build_diagnostics(cfg.diagnostics, run_dir)  # empty unless diagnostics.enabled
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     return L.Trainer(
