@@ -23,11 +23,13 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders).")
+    """Where the images come from, how they are split into train/val/test, and how they are loaded."""
+
+    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders). Usually given on the command line (`medclf train DATA`) rather than here.")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the training images carved out (stratified, seeded) as validation when the data has no val/ folder.")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the images held out as test when the data has no test/ folder.")
     on_bad_file: Literal["error", "skip"] = Field("error", description="'error': stop before training and list every unreadable file; 'skip': train without them and record them in bad_files.csv.")
-    image_size: list[int] = Field([224, 224], min_length=2, max_length=3, description="Size every image is resized to, in pixels (H, W) or voxels (D, H, W).")
+    image_size: list[int] = Field([224, 224], min_length=2, max_length=3, description="Size every image is resized to, in pixels (H, W) or voxels (D, H, W). Larger sizes keep fine detail (small nodules, thin lines) but cost memory and time roughly in proportion to the number of pixels; planned from the data (never larger than the images, at most 224).")
     in_channels: int = Field(1, ge=1, le=4, description="Channels fed to the model: 1 = grayscale (X-rays are grayscale even when stored as RGB), 3 = RGB.")
     cache: Literal["memory", "disk", "none"] = Field("memory", description="Where preprocessed images are kept so that later epochs never decode the files again.")
     cache_dir: Optional[str] = Field(None, description="Folder of the disk cache (default: ~/.cache/medclf).")
@@ -37,8 +39,10 @@ class DataConfig(_Section):
 
 
 class PreprocessConfig(_Section):
+    """Deterministic preparation of every image (all splits alike), done once and cached."""
+
     normalization: Literal["scale255", "minmax", "percentile", "zscore"] = Field(
-        "percentile", description="Intensity normalisation per image: scale255 (x/255), minmax (to [0,1]), percentile (5th-95th percentile to [0,1], robust to burnt-in text and borders), zscore (zero mean, unit variance).")
+        "percentile", description="How pixel values are brought to a common range, per image, so that exposure differences between machines matter less. scale255: divide by 255 (keeps absolute brightness; only for 8-bit images from one source); minmax: darkest pixel to 0, brightest to 1 (one bright marker changes the whole image); percentile (default): the 5th-95th percentile range to [0, 1], robust to burnt-in text, markers and black borders; zscore: zero mean and unit variance per image.")
     percentiles: tuple[float, float] = Field((5.0, 95.0), description="Lower and upper percentile of the 'percentile' normalisation.")
     steps: list[PreprocessStep] = Field([], description="Ordered scikit-image steps run on the resized image before normalisation: "
                                         "threshold (value/otsu/percentile, optionally as a mask), erosion, dilation, opening, closing "
@@ -54,13 +58,15 @@ class PreprocessConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    """Random changes to training images (never to validation or test images), so that the model learns what does not depend on position, size or exposure. Augmentation is the cheapest defence against overfitting a small dataset."""
+
     enabled: bool = Field(True, description="Random augmentation of training images (never of validation or test images).")
     prob: float = Field(0.8, ge=0, le=1, description="Probability that the random affine (rotation, zoom, translation, shear) is applied to an image.")
-    rotate_deg: float = Field(10.0, ge=0, le=180, description="Maximum rotation, degrees.")
-    zoom: float = Field(0.1, ge=0, lt=1, description="Maximum relative zoom in or out (0.1 = 90-110 %).")
-    translate: float = Field(0.06, ge=0, lt=1, description="Maximum shift as a fraction of the image size.")
-    shear: float = Field(0.05, ge=0, lt=1, description="Maximum shear factor.")
-    flip_prob: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    rotate_deg: float = Field(10.0, ge=0, le=180, description="Maximum random rotation, degrees (a random angle in [-rotate_deg, +rotate_deg]). Patients are never perfectly straight; keep it small (5-15) for X-rays, whose orientation is standardised.")
+    zoom: float = Field(0.1, ge=0, lt=1, description="Maximum relative zoom in or out (0.1 = 90-110 %), for differences in patient size and distance to the detector.")
+    translate: float = Field(0.06, ge=0, lt=1, description="Maximum shift as a fraction of the image size, so that the model does not rely on where the anatomy sits in the frame.")
+    shear: float = Field(0.05, ge=0, lt=1, description="Maximum shear factor (a slanting distortion); small values mimic a slightly oblique projection.")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip. Turn it off (0) when left and right matter for the diagnosis (the heart sits on the left; a finding may be one-sided).")
     vertical_flip_prob: float = Field(0.0, ge=0, le=1, description="Probability of an up-down flip (off: anatomy has an up and a down).")
     brightness: float = Field(0.1, ge=0, le=1, description="Maximum intensity shift, in units of the normalised intensity.")
     contrast: float = Field(0.1, ge=0, le=1, description="Maximum relative intensity scaling (contrast).")
@@ -68,43 +74,49 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = Field("small_cnn", description="Network from the model registry: small_cnn, resnet18/34/50/101/152, densenet121.")
+    """The network: which architecture, how wide and deep, and how its weights start."""
+
+    name: str = Field("small_cnn", description="Network from the model registry: small_cnn (default; fast on a CPU, good for up to a few thousand images), resnet18/34/50/101/152, densenet121 (MONAI; bigger, slower, worth it with more data or a GPU).")
     spatial_dims: Literal[2, 3] = Field(2, description="2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W).")
-    filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="small_cnn: output channels of each stage; each stage after the first halves the resolution.")
-    blocks_per_stage: int = Field(2, ge=1, le=8, description="small_cnn: convolution blocks in each stage.")
-    kernel_size: int = Field(3, ge=1, le=11, description="small_cnn: kernel size of the stage convolutions, pixels.")
-    stem_kernel_size: int = Field(5, ge=1, le=11, description="small_cnn: kernel size of the first (stem) convolution.")
+    filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="small_cnn: number of filters (output channels, i.e. feature detectors) of each stage; each stage after the first halves the resolution. More filters per stage = a wider, more capable but slower model that overfits small data more easily; more stages = a deeper model that sees larger structures.")
+    blocks_per_stage: int = Field(2, ge=1, le=8, description="small_cnn: convolution blocks (convolution, normalisation, activation) in each stage; more blocks make the model deeper at the same resolution.")
+    kernel_size: int = Field(3, ge=1, le=11, description="small_cnn: kernel size of the stage convolutions, pixels: each filter looks at a kernel_size x kernel_size window. 3 is the usual choice (two stacked 3x3 convolutions see as far as one 5x5 with fewer weights).")
+    stem_kernel_size: int = Field(5, ge=1, le=11, description="small_cnn: kernel size of the first (stem) convolution, which sees the raw pixels; a larger window here captures texture at full resolution.")
     stem_stride: int = Field(2, ge=1, le=4, description="small_cnn: stride of the stem; 2 halves the resolution once before the stages (cheap on large inputs).")
-    stride: int = Field(2, ge=1, le=4, description="small_cnn: stride that downsamples at the start of each stage after the first.")
-    padding: Optional[int] = Field(None, ge=0, description="small_cnn: zero padding, pixels; default keeps the size ('same' for odd kernels).")
-    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the final classifier.")
+    stride: int = Field(2, ge=1, le=4, description="small_cnn: stride (step in pixels between two positions of the filter) of the first convolution of each stage after the first; 2 halves the resolution, so later stages see larger structures at lower cost, 1 keeps it.")
+    padding: Optional[int] = Field(None, ge=0, description="small_cnn: zeros added around the image before each convolution, pixels. Without padding every convolution shrinks the image by kernel_size - 1 and ignores the borders; the default (null) pads kernel_size // 2, which keeps the size ('same' padding for odd kernels).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Fraction of features randomly set to zero before the final classifier during training (never at evaluation). It keeps the model from relying on a few features, a defence against overfitting; raise it (0.3-0.5) when training accuracy is far above validation accuracy, lower it (0-0.1) when the model underfits.")
     activation: Literal["relu", "leakyrelu", "elu", "gelu", "prelu"] = Field("relu", description="small_cnn: activation function.")
-    norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="small_cnn: normalisation layer after each convolution.")
+    norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="small_cnn: normalisation layer after each convolution, which keeps activations in a stable range so that training tolerates larger learning rates. batch: per batch (the usual choice; needs batches of 8 or more); instance: per image; group: per group of channels (good for small batches, e.g. 3D); none.")
     init: Literal["he", "xavier", "default"] = Field("he", description="Weight initialisation: He (Kaiming) for ReLU-type networks, Xavier (Glorot), or PyTorch's default.")
     weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from.")
 
 
 class EarlyStoppingConfig(_Section):
+    """Stop training when the validation metric stops improving; the best checkpoint is kept either way."""
+
     enabled: bool = Field(True, description="Stop when the monitored validation metric has not improved for `patience` epochs.")
     patience: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
 class TrainConfig(_Section):
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimiser.")
-    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (decoupled for AdamW).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop.")
+    """How the weights are learned: optimiser, learning rate and its schedule, batch size, epochs, loss."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimiser, the rule that updates the weights from the gradients. adamw (default): Adam with decoupled weight decay, works with little tuning; adam; sgd: with momentum, often generalises slightly better but needs a tuned learning rate (about 0.01-0.1); rmsprop.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate: how big a step the optimiser takes on each update. Too high and the loss jumps around or becomes NaN; too low and training crawls and may stop early without learning. Typical values: 1e-3 to 3e-3 for Adam/AdamW, 0.01 to 0.1 for SGD; lower it (e.g. 3e-4) when starting from pretrained weights.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay: pulls every weight a little towards zero at each step (an L2 penalty, decoupled from the gradient for AdamW), which discourages the large weights of an overfitted model. 1e-4 to 1e-2 is typical; raise it when the model overfits.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop: each step keeps this fraction of the previous step, which smooths noisy gradients and speeds progress along consistent directions. 0.9 is the standard value; ignored by Adam/AdamW (they have their own).")
     nesterov: bool = Field(True, description="Nesterov momentum for SGD.")
-    batch_size: int = Field(32, ge=1, description="Images per training step.")
-    max_epochs: int = Field(60, ge=1, description="Upper bound on passes over the training split.")
-    schedule: Literal["none", "step", "cosine", "plateau", "onecycle"] = Field("onecycle", description="Learning-rate schedule.")
+    batch_size: int = Field(32, ge=1, description="Images per training step: the gradient is averaged over a batch. Larger batches give smoother gradients and faster epochs on a GPU but need more memory and often a larger learning rate; smaller batches add noise that can help generalisation. Lower it if you run out of memory. Planned from the training set size (8 to 64).")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on epochs, i.e. passes over the whole training split. Training may stop earlier (early stopping); the best checkpoint by the validation metric is kept, so a generous bound costs time, not quality. The learning-rate schedule is laid out over this many epochs.")
+    schedule: Literal["none", "step", "cosine", "plateau", "onecycle"] = Field("onecycle", description="How the learning rate changes during training. onecycle (default): warm up to train.lr, then anneal to almost zero; cosine: warm-up then cosine decay; step: multiply by gamma every step_size epochs; plateau: multiply by gamma when the validation loss stalls; none: constant.")
     warmup_epochs: float = Field(3.0, ge=0, description="Linear warm-up, epochs (cosine and onecycle).")
     step_size: int = Field(20, ge=1, description="'step' schedule: epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' and 'plateau' schedules: decay factor.")
-    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function.")
-    class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="'auto': weights inversely proportional to the training class counts; 'none'; or one weight per class.")
-    label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy.")
+    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function: cross-entropy between the predicted class probabilities and the true class (weighted by class_weights).")
+    class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="Weights of the classes in the loss. 'auto': inversely proportional to the training class counts (scikit-learn's balanced rule), so that a rare class counts as much as a common one and the model cannot score well by always predicting the majority; 'none': every image counts the same; or a list of one weight per class (in class-name order).")
+    label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy: the target is 1 - label_smoothing for the true class instead of 1, which discourages over-confident predictions and helps with a few mislabelled images.")
     ema_epochs: float = Field(0.0, ge=0, description="Keep an exponential moving average (EMA) of the weights over about this many epochs and validate, checkpoint and evaluate the averaged weights: smoother validation curves and a more reliable best checkpoint on small validation splits (0: off).")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -112,16 +124,20 @@ class TrainConfig(_Section):
 
 
 class TrainerConfig(_Section):
+    """Where training runs (CPU, GPU, several devices or machines) and at what numeric precision (passed to Lightning's Trainer)."""
+
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu.")
-    devices: Union[int, str] = Field("auto", description="Number of devices, or 'auto'.")
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    devices: Union[int, str] = Field("auto", description="Number of devices (GPUs, or CPU processes with strategy ddp), or 'auto'.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp (one process per device, gradients averaged), ... See Lightning's documentation for multi-GPU and multi-node training.")
     num_nodes: int = Field(1, ge=1, description="Machines taking part in training.")
     precision: str = Field("32-true", description="Lightning precision: 32-true, 16-mixed, bf16-mixed.")
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise repeatable on CPU, slower on GPU).")
 
 
 class EvalConfig(_Section):
-    batch_size: int = Field(64, ge=1, description="Images per evaluation step.")
+    """How the model is evaluated on the test split."""
+
+    batch_size: int = Field(64, ge=1, description="Images per evaluation step (only memory and speed depend on it, never the results).")
 
 
 class DiagnosticsConfig(_Section):
@@ -136,6 +152,8 @@ class DiagnosticsConfig(_Section):
 
 
 class ExplainConfig(_Section):
+    """Saliency maps (Grad-CAM) of `medclf explain`, of the gallery after evaluation, and of the web service."""
+
     method: Literal["gradcam", "gradcampp", "occlusion"] = Field("gradcam", description="Saliency method of the gallery and of `medclf explain`: Grad-CAM, Grad-CAM++ (MONAI) or occlusion sensitivity (slower).")
     target_layer: Optional[str] = Field(None, description="Module name whose activations Grad-CAM uses (None: the last convolutional block).")
     gallery_size: int = Field(4, ge=0, le=50, description="Most confident correct and most confident wrong test predictions shown with their heatmaps after evaluation (0: no gallery).")

@@ -26,11 +26,15 @@ class SmallCNN(nn.Module):
         num_classes: output classes.
         filters: output channels of each stage.
         blocks_per_stage: convolution blocks per stage.
-        kernel_size, stride, padding: of the stage convolutions (pixels); ``padding=None``
-            keeps the size for odd kernels.
-        stem_kernel_size, stem_stride: of the first convolution.
+        kernel_size: kernel size of the stage convolutions (pixels).
+        stride: stride of the first convolution of each stage after the first.
+        padding: zero padding of the stage convolutions (pixels); ``None`` keeps the size
+            for odd kernels.
+        stem_kernel_size: kernel size of the first convolution.
+        stem_stride: stride of the first convolution.
         dropout: dropout before the linear classifier.
-        activation, norm: names as in :class:`medclf.config.ModelConfig`.
+        activation: activation name as in :class:`medclf.config.ModelConfig`.
+        norm: normalisation name as in :class:`medclf.config.ModelConfig`.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
