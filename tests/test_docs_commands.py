@@ -71,9 +71,24 @@ def _probe_npz() -> bool:
 
 
 def _probe_nifti() -> bool:
-    """The image readers know NIfTI volumes (issue 3)."""
-    from medclf.data import readers
-    return any(".nii" in str(v) for v in vars(readers).values() if isinstance(v, (tuple, list, set, frozenset)))
+    """medclf finds NIfTI volumes in class folders (issue 3)."""
+    import tempfile
+
+    import nibabel as nib
+    import numpy as np
+    from medclf.data.discover import discover
+    with tempfile.TemporaryDirectory() as tmp:
+        for split, n in (("train", 6), ("test", 2)):
+            for label in ("a", "b"):
+                folder = Path(tmp, split, label)
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), folder / f"{i}.nii.gz")
+        try:
+            discover(Path(tmp), 0.15, 0.15, 0)
+        except MedclfError:
+            return False
+    return True
 
 
 PROBES = {"npz": _probe_npz, "nifti": _probe_nifti}
@@ -114,7 +129,11 @@ def shell_commands(block: str) -> list[list[str]]:
         lexer.whitespace_split = True
         lexer.commenters = "#"
         current: list[str] = []
-        for token in lexer:
+        try:
+            tokens = list(lexer)
+        except ValueError:  # a line of a here-document, e.g. YAML with an apostrophe
+            continue
+        for token in tokens:
             if token in OPERATORS:
                 if current:
                     commands.append(current)

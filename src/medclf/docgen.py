@@ -169,9 +169,10 @@ def config_key(dotted: str) -> ConfigKey:
     return keys[dotted]
 
 
-def missing_config_descriptions() -> list[str]:
-    """Dotted names of configuration keys (and sections) that have no description."""
-    return [k.key for k in config_keys() if len(k.description) < 3]
+def missing_config_descriptions(model: type[BaseModel] | None = None) -> list[str]:
+    """Dotted names of configuration keys (and sections) of ``model`` (default: the whole
+    :class:`medclf.config.Config`) that have no description."""
+    return [k.key for k in config_keys(model) if len(k.description) < 3]
 
 
 def _yaml_value(value) -> str:
@@ -290,10 +291,11 @@ def subcommand_names(parser: argparse.ArgumentParser | None = None) -> set[str]:
     return {c.name.split()[1] for c in cli_commands(parser) if len(c.name.split()) == 2}
 
 
-def missing_cli_help() -> list[str]:
-    """``"medclf train --out"``-style names of commands and options that have no help."""
+def missing_cli_help(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """``"medclf train --out"``-style names of commands and options of ``parser`` (default:
+    :func:`medclf.cli.build_parser`) that have no help."""
     missing = []
-    for command in cli_commands():
+    for command in cli_commands(parser):
         if command.name != "medclf" and len(command.help.strip()) < 3:
             missing.append(command.name)
         for action in command.options:
