@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Literal, Optional
@@ -117,14 +118,21 @@ def test_config_placeholders_expand_and_unknown_keys_fail():
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//", re.I)
 
 
-def test_site_builds_strictly_offline(tmp_path):
-    """``mkdocs build --strict`` (what scripts/docs.sh runs): warnings are errors."""
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
+    """The site built by ``bash scripts/docs.sh`` (``mkdocs build --strict``) into a temporary folder."""
     pytest.importorskip("mkdocs")
-    site = tmp_path / "site"
+    site = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "docs.sh"), "--site-dir", str(site)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=site.parent, timeout=300)
+    return site, done
+
+
+def test_site_builds_strictly_offline(built_site):
+    """Warnings (broken links, missing pages, bad docstrings) are errors."""
+    site, done = built_site
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "WARNING" not in done.stderr
 
@@ -146,3 +154,22 @@ def test_site_builds_strictly_offline(tmp_path):
     for html in site.rglob("*.html"):
         found = EXTERNAL.findall(html.read_text(encoding="utf-8"))
         assert not found, f"{html.relative_to(site)} loads {found}"
+
+
+def test_home_page_renders_in_headless_chromium(built_site, tmp_path):
+    site, done = built_site
+    assert done.returncode == 0
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("chromium is not installed (apt-get install -y chromium, as .ci/run does)")
+    shot = tmp_path / "home.png"
+    subprocess.run(["bash", str(ROOT / "scripts" / "docs_screenshot.sh"), str(site), str(shot),
+                    "index.html", "1280x900"], check=True, timeout=120, capture_output=True)
+    from PIL import Image
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 900)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 100  # text, header and navigation drawn, not a blank or error page
+    # the Material header (indigo) is drawn: the theme's CSS loaded from the site itself
+    header = image.crop((0, 0, 1280, 40)).getcolors(maxcolors=1 << 20)
+    r, g, b = max(header)[1]
+    assert b > r and b > g
