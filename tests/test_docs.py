@@ -50,6 +50,27 @@ def test_description_check_finds_missing_ones_at_any_depth():
     assert keys["inner"].section is Inner and keys["inner.described"].default == 1
 
 
+def test_lists_of_several_kinds_of_objects_are_walked():
+    from typing import Annotated, Union
+
+    class Blur(BaseModel):
+        """Blur the image."""
+        name: Literal["blur"] = Field(description="Gaussian blur.")
+        sigma: float = Field(1.0, gt=0, description="Standard deviation, pixels.")
+
+    class Crop(BaseModel):
+        name: Literal["crop"] = Field(description="Crop.")
+        size: int = 10
+
+    class Section(BaseModel):
+        steps: list[Annotated[Union[Blur, Crop], Field(discriminator="name")]] = Field([], description="Steps.")
+
+    keys = {k.key: k for k in docgen.config_keys(Section)}
+    assert keys["steps"].type == "list of: blur, crop" and keys["steps"].default == []
+    assert keys["steps[blur].sigma"].allowed == ["> 0"] and keys["steps[blur].name"].default == docgen.REQUIRED
+    assert docgen.missing_config_descriptions(Section) == ["steps[crop]", "steps[crop].size"]
+
+
 def test_help_check_finds_missing_ones_in_subcommands():
     parser = argparse.ArgumentParser(prog="medclf")
     parser.add_argument("--quiet", action="store_true", help="say less")

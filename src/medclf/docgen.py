@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -32,6 +33,9 @@ __all__ = ["ConfigKey", "CliCommand", "config_keys", "config_key", "config_refer
 
 
 # --------------------------------------------------------------------------- configuration
+REQUIRED = "(required)"
+"""The ``default`` of a :class:`ConfigKey` that must be given (e.g. a step's ``name``)."""
+
 @dataclass
 class ConfigKey:
     """One key of the configuration tree.
@@ -76,8 +80,31 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """Every pydantic model class inside an annotation, in order (``list[Union[A, B]]`` -> [A, B])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        for model in _models_in(arg):
+            if model not in found:
+                found.append(model)
+    return found
+
+
+def _variant_label(model: type[BaseModel]) -> str:
+    """The tag of a model in a discriminated union (its one-value Literal ``name``/``type``/``kind``)."""
+    for tag in ("name", "type", "kind"):
+        info = model.model_fields.get(tag)
+        if info is not None and typing.get_origin(info.annotation) is Literal and len(typing.get_args(info.annotation)) == 1:
+            return str(typing.get_args(info.annotation)[0])
+    return model.__name__
+
+
 def _type_name(annotation) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
     if annotation is type(None):
         return "null"
     if origin is Literal:
@@ -117,7 +144,7 @@ def _default(info) -> Any:
     elif info.default_factory is not None:
         value = info.default_factory()
     else:
-        return None
+        return REQUIRED
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return json.loads(json.dumps(value, default=str))
@@ -142,6 +169,20 @@ def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[
         dotted = f"{prefix}{name}"
         section = _model_in(info.annotation)
         description = (info.description or "").strip()
+        variants = _models_in(info.annotation)
+        if section is not None and (len(variants) > 1 or typing.get_origin(info.annotation) in (list, tuple, dict)):
+            # a list (or union) of several kinds of objects, e.g. preprocess.steps: one entry per kind
+            labels = [_variant_label(v) for v in variants]
+            kind = "list" if typing.get_origin(info.annotation) in (list, tuple) else "one"
+            entry = ConfigKey(dotted, f"{kind} of: " + ", ".join(labels), _default(info), [], description)
+            keys.append(entry)
+            for label, variant in zip(labels, variants):
+                child = ConfigKey(f"{dotted}[{label}]", "section", None, [], _own_doc(variant), variant)
+                child.children = config_keys(variant, f"{dotted}[{label}].")
+                entry.children.append(child)
+                keys.append(child)
+                keys += child.children
+            continue
         if section is not None:
             description = description or _own_doc(section)
             entry = ConfigKey(dotted, "section", None, [], description, section)
@@ -180,7 +221,7 @@ def _yaml_value(value) -> str:
 
 
 def config_anchor(dotted: str) -> str:
-    return "cfg-" + dotted.replace(".", "-").replace("_", "-")
+    return "cfg-" + re.sub(r"[^a-z0-9]+", "-", dotted.lower()).strip("-")
 
 
 def config_key_markdown(entry: ConfigKey, heading: str | None = "###") -> str:
@@ -188,7 +229,8 @@ def config_key_markdown(entry: ConfigKey, heading: str | None = "###") -> str:
     lines = []
     if heading:
         lines += [f"{heading} `{entry.key}` {{ #{config_anchor(entry.key)} }}", ""]
-    facts = [f"**Type** `{entry.type}`", f"**Default** `{_yaml_value(entry.default)}`"]
+    default = "**Required**" if entry.default == REQUIRED else f"**Default** `{_yaml_value(entry.default)}`"
+    facts = [f"**Type** `{entry.type}`", default]
     if entry.allowed:
         facts.append("**Allowed** " + ", ".join(f"`{a}`" for a in entry.allowed))
     lines += [" · ".join(facts), "", entry.description or "*(no description)*", ""]
@@ -224,12 +266,14 @@ def config_reference() -> str:
         out += [config_key_markdown(k) for k in scalars]
 
     def section(entry: ConfigKey, depth: int) -> None:
-        out.extend([f"{'#' * depth} `{entry.key}` {{ #{config_anchor(entry.key)} }}", "", entry.description, ""])
+        out.extend([f"{'#' * min(6, depth)} `{entry.key}` {{ #{config_anchor(entry.key)} }}", "", entry.description, ""])
         for child in entry.children:
             if child.section is not None:
                 section(child, depth + 1)
             else:
-                out.append(config_key_markdown(child, "#" * (depth + 1)))
+                out.append(config_key_markdown(child, "#" * min(6, depth + 1)))
+                for variant in child.children:  # the kinds of entry of a list such as preprocess.steps
+                    section(variant, depth + 2)
 
     for entry in top_level:
         if entry.section is not None:
