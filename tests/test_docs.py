@@ -194,3 +194,19 @@ def test_home_page_renders_in_headless_chromium(built_site, tmp_path):
     header = image.crop((0, 0, 1280, 40)).getcolors(maxcolors=1 << 20)
     r, g, b = max(header)[1]
     assert b > r and b > g
+
+
+def test_configuration_examples_in_the_docs_are_valid():
+    """Every ```yaml block of the docs that looks like a configuration validates against the schema."""
+    import yaml
+
+    from medclf.config import validate
+    sections = set(Config.model_fields)
+    checked = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for block in re.findall(r"^```yaml[^\n]*\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S):
+            tree = yaml.safe_load(block)
+            if isinstance(tree, dict) and set(tree) <= sections:
+                validate(tree)  # raises ConfigError naming the key
+                checked += 1
+    assert checked >= 2
