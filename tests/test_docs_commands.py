@@ -3,8 +3,8 @@
 Each fenced block marked ```bash in ``docs/getting-started.md`` and ``docs/tutorials/*.md``
 runs, in page order, as one ``bash`` script (``set -euo pipefail``) in a scratch project
 folder laid out like the repository root: ``../shared/data`` beside it, ``medclf`` and
-``python`` on the PATH are this checkout. Blocks marked ```text, ```yaml or ```python are
-not run. So that the whole file takes about a minute, the test changes the commands in
+``python`` on the PATH are this checkout. Blocks marked ```python run too, in the same
+order and folder, as ``python -`` scripts. Blocks marked ```text or ```yaml are not run. So that the whole file takes about a minute, the test changes the commands in
 these documented ways, and no other:
 
 * ``medclf``: a wrapper appends, to every subcommand that has the option, ``--set`` with
@@ -106,9 +106,14 @@ class Page:
 def parse_page(path: Path) -> Page:
     """The ```bash blocks and docs-test directives of a Markdown page."""
     text = path.read_text(encoding="utf-8")
-    blocks = [textwrap.dedent(m["body"]) if not m["indent"] else
-              "\n".join(line[len(m["indent"]):] for line in m["body"].splitlines())
-              for m in FENCE.finditer(text) if m["lang"] == "bash"]
+    blocks = []
+    for m in FENCE.finditer(text):
+        if m["lang"] not in ("bash", "python"):
+            continue
+        body = textwrap.dedent("\n".join(line[len(m["indent"]):] for line in m["body"].splitlines()))
+        if m["lang"] == "python":  # Python examples run too, as a script, in the same folder
+            body = f"python - <<'MEDCLF_DOCS_PY'\n{body.rstrip()}\nMEDCLF_DOCS_PY\n"
+        blocks.append(body)
     page = Page(path, blocks)
     for name, value in DIRECTIVE.findall(text):
         if name == "set":
