@@ -105,7 +105,7 @@ def test_cli_reference_lists_every_command_and_option():
     for command in commands[1:]:
         assert f"## `{command.name}`" in page
         for action in command.options:
-            label = action.option_strings[0] if action.option_strings else action.dest
+            label = action.option_strings[0] if action.option_strings else (action.metavar or action.dest)
             assert f"`{label}" in page, f"{command.name} {label}"
     assert "<data>" not in page  # help text is escaped, not read as HTML tags
 
