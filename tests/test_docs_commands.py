@@ -331,8 +331,8 @@ def test_a_failing_command_fails_its_block(tmp_path):
     page = Page(tmp_path / "page.md", [])
     done = run_block("false\necho after\n", project, page)
     assert done.returncode != 0 and "after" not in done.stdout
-    done = run_block("medclf train\n", project, page)  # missing argument: argparse exits with 2
-    assert done.returncode == 2 and "required: data" in done.stdout
+    done = run_block("medclf nosuchcommand\n", project, page)  # argparse exits with 2
+    assert done.returncode == 2 and "invalid choice" in done.stdout
     done = run_block("source .venv/bin/activate\ncommand -v medclf\nls ../shared/data\n", project, page)
     assert done.returncode == 0 and str(project / ".venv" / "bin" / "medclf") in done.stdout
     assert "covid19-xray" in done.stdout
