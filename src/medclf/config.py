@@ -141,6 +141,8 @@ class EvalConfig(_Section):
 
 
 class DiagnosticsConfig(_Section):
+    """Optional records of what happens inside the network during training (off by default: they cost time)."""
+
     enabled: bool = Field(False, description="Record training diagnostics (per-layer weight/gradient/activation histograms, dead ReLU units, global gradient norm) into diagnostics/ and TensorBoard; off by default because it costs time.")
     every_n_steps: int = Field(25, ge=1, description="Record histograms and dead ReLU units every N training steps (the gradient norm is recorded every step).")
     max_layers: int = Field(12, ge=0, description="Layers (convolutions and linear layers, evenly spread from first to last) whose histograms are recorded; 0: all.")
