@@ -213,8 +213,9 @@ def explain_image(run, path_or_array, class_name: str | None = None, method: str
         :class:`Explanation`, which unpacks as ``(probabilities, heatmap, png)``.
 
     Raises:
-        RunDirError, DataError, ConfigError: bad run, unreadable image, unknown class,
-        method or layer.
+        RunDirError: not a run directory.
+        DataError: unreadable image or unknown class.
+        ConfigError: unknown method or layer.
     """
     return Explainer.from_run(run, method, target_layer).explain(path_or_array, class_name)
 
@@ -248,7 +249,9 @@ def explain_files(run_dir, paths: list, out: str | Path | None = None, class_nam
         ``class_name`` (explained), ``png``, ``nifti``.
 
     Raises:
-        RunDirError; DataError (no files, unknown class); BadFilesError (unreadable files).
+        RunDirError: not a run directory.
+        DataError: no files, or an unknown class.
+        BadFilesError: unreadable files.
     """
     if not paths:
         raise DataError("no image files given to explain")
