@@ -58,6 +58,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
             update={"data": run.config.data.model_copy(update={"on_bad_file": "skip"})}))
         val_labels = pd.Series(val_kept.labels("test")).to_numpy()
         val_probabilities = predict_probabilities(model, val_images, run.config.eval.batch_size, device)
+        if run.config.eval.drop_duplicates:  # as in training: val copies of training images out
+            val_drop = _leaked(run, val_kept.frame, data, split="val", always=True)
+            if val_drop is not None:
+                val_labels, val_probabilities = val_labels[~val_drop], val_probabilities[~val_drop]
     tta, views = (predict_tta(model, images, run.config, device) if run.config.eval.tta else (None, 0))
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
@@ -67,14 +71,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     return out, metrics
 
 
-def _leaked(run: rundir.Run, frame: pd.DataFrame, data) -> "np.ndarray | None":
-    """Test images the run's inspection.json found duplicating training images (own test split only)."""
+def _leaked(run: rundir.Run, frame: pd.DataFrame, data, split: str = "test",
+            always: bool = False) -> "np.ndarray | None":
+    """Images of ``split`` that the run's inspection.json found duplicating training images
+    (for the run's own test split, or always for its validation split)."""
     import json
 
     import numpy as np
     path = run.path / "inspection.json"
-    if data is not None or not path.is_file():
+    if (data is not None and not always) or not path.is_file():
         return None
     from ..inspect import leaked_paths
-    leaks = leaked_paths(json.loads(path.read_text(encoding="utf-8")), "test")
+    leaks = leaked_paths(json.loads(path.read_text(encoding="utf-8")), split)
     return frame.path.isin(leaks).to_numpy()
