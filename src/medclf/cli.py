@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="evaluate on this folder instead of the run's test split")
 
+    p = sub.add_parser("inspect", help="dataset fingerprint, duplicates and leakage between splits, unreadable files")
+    p.add_argument("data", help="class-per-folder tree (split as `train` would split it)")
+    _common(p)
+    p.add_argument("--out", metavar="FILE.json", help="also save the inspection as JSON")
+
     p = sub.add_parser("predict", help="predict image files with a run's model")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files")
@@ -108,6 +113,20 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from .config import validate
+    from .inspect import inspect_dataset, summary_lines
+    from .io import write_json
+    from .training.run import user_tree
+    cfg = validate(user_tree(args.config, args.overrides))
+    result = inspect_dataset(args.data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    print("\n".join(summary_lines(result)))
+    if args.out:
+        write_json(args.out, result)
+        print(Path(args.out))
+    return 0
+
+
 def _predict(args) -> int:
     from .io import write_csv
     from .inference import predict_files
@@ -166,7 +185,7 @@ def _report(args) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
-            "explain": _explain, "report": _report, "serve": _serve}
+            "explain": _explain, "report": _report, "serve": _serve, "inspect": _inspect}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -138,6 +138,15 @@ class EvalConfig(_Section):
     """How the model is evaluated on the test split."""
 
     batch_size: int = Field(64, ge=1, description="Images per evaluation step (only memory and speed depend on it, never the results).")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the test split for the 95 % confidence intervals of ROC AUC and balanced accuracy (0: off); seeded by `seed`.")
+    threshold: Union[Literal["youden", "target_sensitivity"], float] = Field("youden", description="Binary tasks: operating threshold on the positive-class probability, chosen on the validation split ('youden': max sensitivity + specificity - 1; 'target_sensitivity': the highest threshold reaching eval.target_sensitivity) or a fixed number; reported beside 0.5.")
+    target_sensitivity: float = Field(0.9, gt=0, le=1, description="Sensitivity the 'target_sensitivity' threshold must reach on the validation split.")
+    positive_class: Optional[str] = Field(None, description="Binary tasks: name of the positive class (default: the second class in sorted order).")
+    calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of the expected/maximum calibration error and the reliability diagram.")
+    temperature_scaling: bool = Field(False, description="Fit a softmax temperature on the validation split (Guo et al. 2017) and report calibration before and after.")
+    tta: bool = Field(False, description="Test-time augmentation: also predict flipped (when augment flips are on) and slightly shifted copies and average; reported beside plain predictions.")
+    tta_shift: float = Field(0.03, ge=0, lt=0.5, description="Shift of the TTA copies as a fraction of the image size.")
+    drop_duplicates: bool = Field(False, description="Drop validation/test images that duplicate (exactly or nearly) training images from the evaluation (metrics with them are reported too).")
 
 
 class DiagnosticsConfig(_Section):

@@ -21,7 +21,8 @@ from ..postrun import after_evaluation
 from ..data.datamodule import ImageDataModule
 from ..data.discover import Manifest, discover, ignore_reason
 from ..data.prepare import prepare_splits
-from ..evaluation.run import pick_device, predict_probabilities, write_evaluation
+from ..evaluation.run import pick_device, predict_probabilities, predict_tta, write_evaluation
+from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
 from ..plan import fingerprint, plan_config
@@ -210,6 +211,7 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
 
 def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, progress: bool,
                       started: float, ckpt: Path | None) -> TrainResult:
+    leaks = inspect_run(run_dir, manifest, splits)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
     weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights)
@@ -246,14 +248,21 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     checkpoint = best if best.exists() else run_dir / rundir.LAST
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(saved["state_dict"])
+    device = pick_device(cfg.trainer.accelerator)
     test_images, test_labels = splits["test"]
     try:
-        probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size,
-                                              pick_device(cfg.trainer.accelerator))
+        probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size, device)
+        val_images, val_labels = splits["val"]
+        val_probabilities = predict_probabilities(module.model, val_images, cfg.eval.batch_size, device)
+        tta, views = predict_tta(module.model, test_images, cfg, device) if cfg.eval.tta else (None, 0)
     except (MemoryError, RuntimeError) as err:
         if is_out_of_memory(err):
             raise out_of_memory_advice(cfg, "evaluation (lower eval.batch_size)", err) from None
         raise
+    val_frame = manifest.frame[manifest.frame.split == "val"]
+    if cfg.eval.drop_duplicates:
+        keep = ~val_frame.path.isin(leaks["val"]).to_numpy()
+        val_probabilities, val_labels = val_probabilities[keep], val_labels[torch.from_numpy(keep)]
     test_frame = manifest.frame[manifest.frame.split == "test"]
     epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
@@ -261,9 +270,40 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     if resumed_from is not None:
         extra["resumed_after_epoch"] = resumed_from
     metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
-                               manifest.class_names, str(checkpoint.relative_to(run_dir)), extra)
+                               manifest.class_names, str(checkpoint.relative_to(run_dir)), extra,
+                               config=cfg, val_labels=val_labels.numpy(), val_probabilities=val_probabilities,
+                               tta_probabilities=tta, tta_views_count=views,
+                               drop=test_frame.path.isin(leaks["test"]).to_numpy())
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
+
+
+INSPECTION = "inspection.json"
+
+
+def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:
+    """Inspect the dataset of a run from its already preprocessed arrays (no decoding),
+    write ``inspection.json`` and warn loudly about validation/test images that duplicate
+    training images.
+
+    Returns:
+        ``{"val": paths, "test": paths}`` of images duplicating a training image.
+    """
+    decoded = {}
+    for split, (images, _) in splits.items():
+        paths = manifest.frame.path[manifest.frame.split == split]
+        decoded.update(zip(paths, images.numpy()))
+    inspection = inspect_manifest(manifest, decoded=decoded)
+    write_json(run_dir / INSPECTION, inspection)
+    leaks = {s: leaked_paths(inspection, s) for s in ("val", "test")}
+    for split, paths in leaks.items():
+        if paths:
+            bar = "!" * 78
+            log.warning("\n%s\n%d %s image(s) duplicate training images (exact or near copies): "
+                        "their metrics are inflated. Listed in %s; set eval.drop_duplicates=true to drop them "
+                        "from the evaluation.\n  %s\n%s", bar, len(paths), split, run_dir / INSPECTION,
+                        "\n  ".join(sorted(paths)[:10]) + ("\n  ..." if len(paths) > 10 else ""), bar)
+    return leaks
 
 
 def _stopped_early(checkpoint: dict) -> bool:
