@@ -94,7 +94,7 @@ def split_manifest(frame: pd.DataFrame, val_fraction: float, test_fraction: floa
             raise DataError(f"patient(s) {', '.join(map(str, leaking[:10]))} appear in more than one split; "
                             "all images of a patient must be in the same split")
         fixed = dict(zip(given.patient_id, given.split))
-        frame.loc[frame.split == "", "split"] = frame.patient_id.map(fixed).fillna("")
+        frame.loc[frame.split == "", "split"] = [fixed.get(p, "") for p in frame.patient_id[frame.split == ""]]
     given_splits = set(frame.split) - {""}
     pending = "train"
     frame.loc[frame.split == "", "split"] = pending

@@ -82,14 +82,14 @@ def probe_nifti(path: str) -> dict:
 
 def resample_to_spacing(volume: np.ndarray, spacing, target) -> np.ndarray:
     """Resample ``(C, *spatial)`` from voxel ``spacing`` to ``target`` spacing (mm per axis)
-    with MONAI ``Spacing`` (trilinear/bilinear). Returns float32 ``(C, *new_spatial)``."""
+    with MONAI ``Spacing`` (trilinear/bilinear), which keeps the extent between the first
+    and last voxel centres: ``n_new = (n - 1) * spacing / target + 1`` (rounded). Returns
+    float32 ``(C, *new_spatial)``."""
     from monai.data import MetaTensor
     from monai.transforms import Spacing
     dims = volume.ndim - 1
     target = list(target)[-dims:]
-    affine = np.diag(list(spacing)[-dims:] + [1.0]) if dims == 3 else np.diag(list(spacing)[-dims:] + [1.0, 1.0])
-    if dims == 2:
-        affine = np.diag(list(spacing)[-2:] + [1.0, 1.0])
+    affine = np.diag([float(s) for s in list(spacing)[-dims:]] + [1.0] * (4 - dims))
     tensor = MetaTensor(np.ascontiguousarray(volume, np.float32), affine=affine)
     out = Spacing(pixdim=target, mode="bilinear", padding_mode="border")(tensor)
     return np.asarray(out.array if hasattr(out, "array") else out, np.float32)

@@ -30,6 +30,7 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     kept_frame["sha"] = [h for h in hashes if h is not None]
     kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
     kept_arrays = [a for a in arrays if a is not None]
+    check_shapes(kept_arrays, list(kept.frame.path))
     splits = {}
     for split in ("train", "val", "test"):
         rows = np.flatnonzero(kept.frame.split.to_numpy() == split)
@@ -70,9 +71,15 @@ def stack_arrays(arrays: list[np.ndarray], paths: list[str]) -> torch.Tensor:
     """Stack ``(C, *spatial)`` arrays into ``(N, C, *spatial)``.
 
     Raises:
-        DataError: the arrays differ in shape (``preprocess.resize='none'``), naming the
-            files whose shape differs from the most common one.
+        DataError: the arrays differ in shape (see :func:`check_shapes`).
     """
+    check_shapes(arrays, paths)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def check_shapes(arrays: list[np.ndarray], paths: list[str]) -> None:
+    """Raise DataError when the arrays differ in shape (``preprocess.resize='none'``),
+    naming the files whose shape differs from the most common one."""
     shapes = [a.shape for a in arrays]
     if len(set(shapes)) > 1:
         common = max(set(shapes), key=shapes.count)
@@ -82,4 +89,3 @@ def stack_arrays(arrays: list[np.ndarray], paths: list[str]) -> torch.Tensor:
         raise DataError(f"images/volumes have different shapes and preprocess.resize='none': most are "
                         f"{'x'.join(map(str, common[1:]))}, but\n{listed}{more}\nSet preprocess.resize=resize "
                         f"(to data.image_size) or resample to a common grid with preprocess.spacing.")
-    return torch.from_numpy(np.stack(arrays))
