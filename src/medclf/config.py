@@ -82,6 +82,7 @@ class AugmentConfig(_Section):
     contrast: float = Field(0.1, ge=0, le=1, description="Maximum relative intensity scaling (contrast).")
     noise_std: float = Field(0.02, ge=0, le=1, description="Standard deviation of added Gaussian noise (applied with probability 0.3).")
     depth_flip_prob: float = Field(0.0, ge=0, le=1, description="Volumes: probability of a flip along the first (depth) axis.")
+    batched: bool = Field(False, description="Augment whole batches with tensor operations (medclf.data.augment.BatchAugmentation, same settings, random per sample) instead of per-image MONAI transforms: much faster for small images and volumes on a CPU.")
     rot90_prob: float = Field(0.0, ge=0, le=1, description="Probability of a random rotation by 90, 180 or 270 degrees in the plane of the last two axes (MONAI RandRotate90).")
 
 

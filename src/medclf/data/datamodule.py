@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import build_augmentation
+from .augment import BatchAugmentation, build_augmentation
 
 
 class ArrayDataset(Dataset):
@@ -85,12 +85,24 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.splits = splits
         self.config = config
+        augment = config.augment
+        self.batch_augmentation = BatchAugmentation(augment, config.model.spatial_dims, config.seed) \
+            if augment.enabled and augment.batched else None
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Batched augmentation of training batches (``augment.batched``)."""
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augmentation is not None and trainer is not None and trainer.training:
+            images, labels = batch
+            with torch.no_grad():
+                batch = (self.batch_augmentation(images), labels)
+        return batch
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         images, labels = self.splits[split]
         cfg = self.config
         transform = None
-        if train:
+        if train and not cfg.augment.batched:
             transform = build_augmentation(cfg.augment, cfg.model.spatial_dims,
                                            list(images.shape[2:]), cfg.seed)
         # the Trainer rebuilds the training loader every epoch; shuffling and augmentation
