@@ -175,6 +175,8 @@ def test_train_3d_from_npz_end_to_end(tmp_path):
     assert test["n"] == 12 and 0 <= test["roc_auc"] <= 1
     _, again = medclf.evaluate(run)
     assert again["roc_auc"] == test["roc_auc"]
+    out, other = medclf.evaluate(run, data=path)  # the npz's test split, evaluated apart
+    assert out == run / "evaluations" / "blobs3d.npz" and other["roc_auc"] == test["roc_auc"]
     frame = medclf.predict(run, [f"{path}#test/0", f"{path}#test/1"])
     assert (frame.error == "").all() and frame.probability.between(0, 1).all()
 
