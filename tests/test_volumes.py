@@ -199,3 +199,20 @@ def test_folder_of_nifti_volumes_from_adrenalmnist3d(tmp_path):
     assert config["model"]["spatial_dims"] == 3 and dataset["readers"] == {"nifti": len(picked)}
     assert dataset["median_size"] == [64, 64, 64] and dataset["median_spacing"] == [1.0, 1.0, 1.0]
     assert result.metrics["n"] == sum(dataset["counts"]["test"].values()) > 0
+
+
+def test_plans_for_large_2d_small_2d_and_3d():
+    counts = {"train": {"a": 300, "b": 100}}
+    large = plan_config({"spatial_dims": 2, "median_size": [1500, 1600], "counts": counts, "readers": {"image": 400}})
+    assert large["data"]["image_size"] == [224, 224] and large["model"]["spatial_dims"] == 2
+    assert large["augment"]["batched"] is False and large["preprocess"]["normalization"] == "percentile"
+    assert large["model"]["stem_stride"] == 2 and large["model"]["filters"] == Config().model.filters
+    small = plan_config({"spatial_dims": 2, "median_size": [28, 28], "counts": counts, "readers": {"npz": 400},
+                         "dtypes": {"uint8": 400}})
+    assert small["data"]["image_size"] == [28, 28] and small["model"]["stem_stride"] == 1
+    assert small["augment"]["batched"] is True and small["preprocess"]["normalization"] == "scale255"
+    volume = plan_config({"spatial_dims": 3, "median_size": [40, 128, 128], "counts": counts,
+                          "readers": {"nifti": 400}})
+    assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]
+    assert volume["augment"]["batched"] is True and volume["preprocess"]["normalization"] == "percentile"
+    Config.model_validate(volume)
