@@ -210,7 +210,7 @@ def test_plans_for_large_2d_small_2d_and_3d():
     small = plan_config({"spatial_dims": 2, "median_size": [28, 28], "counts": counts, "readers": {"npz": 400},
                          "dtypes": {"uint8": 400}})
     assert small["data"]["image_size"] == [28, 28] and small["model"]["stem_stride"] == 1
-    assert small["augment"]["batched"] is True and small["preprocess"]["normalization"] == "scale255"
+    assert small["augment"]["batched"] is True and small["augment"]["flip_prob"] == 0
     volume = plan_config({"spatial_dims": 3, "median_size": [40, 128, 128], "counts": counts,
                           "readers": {"nifti": 400}})
     assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]

@@ -91,10 +91,9 @@ def plan_config(fp: dict) -> dict:
         plan["model"]["stem_kernel_size"] = 3
         plan["model"]["filters"] = [16, 32, 64]
         plan["augment"]["batched"] = True
-        plan["train"]["max_epochs"] = 24
-        plan["train"]["early_stopping"]["patience"] = 10
-    if _all_uint8_arrays(fp):
-        plan["preprocess"]["normalization"] = "scale255"
+        plan["augment"]["flip_prob"] = 0.0
+        plan["train"]["max_epochs"] = 16
+        plan["train"]["early_stopping"]["patience"] = 8
     n_train = sum(fp["counts"].get("train", {}).values())
     plan["train"]["batch_size"] = int(max(8, min(64, n_train // 8 or 8)))
     return plan
