@@ -130,3 +130,15 @@ def test_bad_dicom_files_are_named(tmp_path):
     assert [p for p, _ in bad] == [truncated, str(no_pixels), str(not_dicom)]
     assert "truncated" in bad[0][1] and "no pixel data" in bad[1][1] and "not a DICOM" in bad[2][1]
     assert arrays[3].shape == (1, 32, 32)
+
+
+def test_uploaded_dicom_bytes_match_the_file_pipeline():
+    from medclf.data.preprocess import preprocess_bytes, preprocess_file
+    path = get_testdata_file("CT_small.dcm")
+    cfg = Config().model_copy(deep=True)
+    cfg.data.image_size = [32, 32]
+    cfg.preprocess.window = "soft_tissue"
+    from_file, _ = preprocess_file(path, cfg)
+    with open(path, "rb") as handle:
+        from_bytes = preprocess_bytes(handle.read(), cfg, name="upload.bin")  # found by its DICM magic
+    np.testing.assert_array_equal(from_bytes, from_file)
