@@ -12,7 +12,6 @@ from collections import Counter
 from .config import Config
 from .data.discover import Manifest
 from .data.readers import UnreadableImage, probe
-from .errors import DataError
 
 
 def fingerprint(manifest: Manifest) -> dict:
@@ -25,8 +24,9 @@ def fingerprint(manifest: Manifest) -> dict:
         spacing, else None), ``modes`` (Pillow mode counts), ``formats`` (file extension
         counts), ``readers`` (reader counts: image, dicom, dicom-series, nifti, npz) and ``dtypes`` (npz array types).
 
-    Raises:
-        DataError: the dataset mixes 2D images and 3D volumes (the files are named).
+    A dataset that mixes 2D images and 3D volumes is planned for the majority kind; the
+    preprocessing then reports each file of the other kind as unreadable ("is 3D where a
+    2D image is expected"), so ``data.on_bad_file`` applies to them like to any bad file.
     """
     sizes, modes, readers, dtypes, spacings = [], Counter(), Counter(), Counter(), []
     dims_of: dict[int, list[str]] = {2: [], 3: []}
@@ -45,12 +45,8 @@ def fingerprint(manifest: Manifest) -> dict:
             dtypes[facts["dtype"]] += 1
         if facts.get("spacing") and facts["spatial_dims"] == 3:
             spacings.append(facts["spacing"])
-    if dims_of[2] and dims_of[3]:
-        minority = 2 if len(dims_of[2]) < len(dims_of[3]) else 3
-        listed = "\n".join(f"  {p}" for p in dims_of[minority][:10])
-        raise DataError(f"the dataset mixes 2D images ({len(dims_of[2])}) and 3D volumes "
-                        f"({len(dims_of[3])}); these are {minority}D:\n{listed}")
-    spatial_dims = 3 if dims_of[3] else 2
+    # the majority decides; files of the other kind are then reported (or skipped) as bad files
+    spatial_dims = 3 if len(dims_of[3]) > len(dims_of[2]) else 2
     sizes = [s for s in sizes if len(s) == spatial_dims]
     median = [int(statistics.median(s[i] for s in sizes)) for i in range(spatial_dims)] if sizes \
         else [0] * spatial_dims

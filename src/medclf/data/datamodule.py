@@ -88,11 +88,17 @@ class ImageDataModule(L.LightningDataModule):
         augment = config.augment
         self.batch_augmentation = BatchAugmentation(augment, config.model.spatial_dims, config.seed) \
             if augment.enabled and augment.batched else None
+        self._augment_epoch = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Batched augmentation of training batches (``augment.batched``)."""
+        """Batched augmentation of training batches (``augment.batched``); its generator is
+        re-seeded from ``(seed, epoch)`` at each epoch, so a resumed run repeats it exactly."""
         trainer = getattr(self, "trainer", None)
         if self.batch_augmentation is not None and trainer is not None and trainer.training:
+            if self._augment_epoch != trainer.current_epoch:
+                self._augment_epoch = trainer.current_epoch
+                self.batch_augmentation.generator.manual_seed(
+                    item_seed(self.config.seed, trainer.current_epoch, 0, stream=3))
             images, labels = batch
             with torch.no_grad():
                 batch = (self.batch_augmentation(images), labels)
