@@ -25,7 +25,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from, how they are split into train/val/test, and how they are loaded."""
 
-    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders). Usually given on the command line (`medclf train DATA`) rather than here.")
+    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders) of images, NIfTI volumes or DICOM files/series; a CSV manifest (path,label[,split,patient_id]); a MedMNIST .npz file; or 'medmnist:NAME'.")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the training images carved out (stratified, seeded) as validation when the data has no val/ folder.")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the images held out as test when the data has no test/ folder.")
     on_bad_file: Literal["error", "skip"] = Field("error", description="'error': stop before training and list every unreadable file; 'skip': train without them and record them in bad_files.csv.")
@@ -34,19 +34,35 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = Field("memory", description="Where preprocessed images are kept so that later epochs never decode the files again.")
     cache_dir: Optional[str] = Field(None, description="Folder of the disk cache (default: ~/.cache/medclf).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes; 0 loads in the main process (best on a 2-core CPU with cached data).")
-    medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files for offline use.")
+    medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files (NAME.npz) for 'medmnist:NAME' sources; downloads go there too (default: $MEDMNIST_ROOT, else ~/.medmnist).")
     max_pixels: int = Field(100_000_000, gt=0, description="Images with more pixels than this are rejected as decompression bombs.")
+
+
+WINDOW_PRESETS = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "brain": (40.0, 80.0),
+                  "bone": (400.0, 1800.0), "soft_tissue": (50.0, 400.0)}
+"""CT window presets (center, width) in Hounsfield units (Radiopaedia's usual values)."""
 
 
 class PreprocessConfig(_Section):
     """Deterministic preparation of every image (all splits alike), done once and cached."""
 
-    normalization: Literal["scale255", "minmax", "percentile", "zscore"] = Field(
-        "percentile", description="How pixel values are brought to a common range, per image, so that exposure differences between machines matter less. scale255: divide by 255 (keeps absolute brightness; only for 8-bit images from one source); minmax: darkest pixel to 0, brightest to 1 (one bright marker changes the whole image); percentile (default): the 5th-95th percentile range to [0, 1], robust to burnt-in text, markers and black borders; zscore: zero mean and unit variance per image.")
+    normalization: Literal["scale255", "minmax", "percentile", "zscore", "none"] = Field(
+        "percentile", description="How pixel values are brought to a common range, per image, so that exposure differences between machines matter less. scale255: divide by 255 (keeps absolute brightness; only for 8-bit images from one source); minmax: darkest pixel to 0, brightest to 1 (one bright marker changes the whole image); percentile (default): the 5th-95th percentile range to [0, 1], robust to burnt-in text, markers and black borders; zscore: zero mean and unit variance per image. none: keep the values as they are (e.g. after DICOM windowing, which already maps to [0, 1]).")
     percentiles: tuple[float, float] = Field((5.0, 95.0), description="Lower and upper percentile of the 'percentile' normalisation.")
     steps: list[PreprocessStep] = Field([], description="Ordered scikit-image steps run on the resized image before normalisation: "
                                         "threshold (value/otsu/percentile, optionally as a mask), erosion, dilation, opening, closing "
                                         "(disk/ball radius), clahe, equalize; see medclf.data.morphology.")
+    window: Union[Literal["lung", "mediastinum", "brain", "bone", "soft_tissue", "file"], list[float], None] = Field(
+        None, description="Intensity window applied to DICOM/NIfTI values (Hounsfield units for CT) before normalisation, mapping center-width/2..center+width/2 to [0,1] with clipping: a preset (lung, mediastinum, brain, bone, soft_tissue), 'file' (the DICOM file's own WindowCenter/WindowWidth), [center, width], or null (no windowing).")
+    spacing: Optional[list[float]] = Field(None, min_length=3, max_length=3, description="Volumes (NIfTI, DICOM series): resample to this voxel spacing in mm (per volume axis) before resizing; null keeps the file's voxel grid.")
+    resize: Literal["resize", "none"] = Field("resize", description="'resize': every image/volume is resized (interpolated) to data.image_size; 'none': arrays are used at their own size, which must then be the same for all files.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value):
+        if isinstance(value, list) and (len(value) != 2 or value[1] <= 0):
+            raise ValueError("need a preset name, 'file', or [center, width] with width > 0")
+        return value
 
     @field_validator("percentiles")
     @classmethod
@@ -71,6 +87,9 @@ class AugmentConfig(_Section):
     brightness: float = Field(0.1, ge=0, le=1, description="Maximum intensity shift, in units of the normalised intensity.")
     contrast: float = Field(0.1, ge=0, le=1, description="Maximum relative intensity scaling (contrast).")
     noise_std: float = Field(0.02, ge=0, le=1, description="Standard deviation of added Gaussian noise (applied with probability 0.3).")
+    depth_flip_prob: float = Field(0.0, ge=0, le=1, description="Volumes: probability of a flip along the first (depth) axis.")
+    batched: bool = Field(False, description="Augment whole batches with tensor operations (medclf.data.augment.BatchAugmentation, same settings, random per sample) instead of per-image MONAI transforms: much faster for small images and volumes on a CPU.")
+    rot90_prob: float = Field(0.0, ge=0, le=1, description="Probability of a random rotation by 90, 180 or 270 degrees in the plane of the last two axes (MONAI RandRotate90).")
 
 
 class ModelConfig(_Section):
@@ -83,6 +102,7 @@ class ModelConfig(_Section):
     kernel_size: int = Field(3, ge=1, le=11, description="small_cnn: kernel size of the stage convolutions, pixels: each filter looks at a kernel_size x kernel_size window. 3 is the usual choice (two stacked 3x3 convolutions see as far as one 5x5 with fewer weights).")
     stem_kernel_size: int = Field(5, ge=1, le=11, description="small_cnn: kernel size of the first (stem) convolution, which sees the raw pixels; a larger window here captures texture at full resolution.")
     stem_stride: int = Field(2, ge=1, le=4, description="small_cnn: stride of the stem; 2 halves the resolution once before the stages (cheap on large inputs).")
+    stem_pool: bool = Field(True, description="small_cnn: a 2x max-pool after a strided stem (stem_stride > 1).")
     stride: int = Field(2, ge=1, le=4, description="small_cnn: stride (step in pixels between two positions of the filter) of the first convolution of each stage after the first; 2 halves the resolution, so later stages see larger structures at lower cost, 1 keeps it.")
     padding: Optional[int] = Field(None, ge=0, description="small_cnn: zeros added around the image before each convolution, pixels. Without padding every convolution shrinks the image by kernel_size - 1 and ignores the borders; the default (null) pads kernel_size // 2, which keeps the size ('same' padding for odd kernels).")
     dropout: float = Field(0.2, ge=0, lt=1, description="Fraction of features randomly set to zero before the final classifier during training (never at evaluation). It keeps the model from relying on a few features, a defence against overfitting; raise it (0.3-0.5) when training accuracy is far above validation accuracy, lower it (0-0.1) when the model underfits.")

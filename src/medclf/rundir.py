@@ -87,7 +87,7 @@ class Run:
                           "finish its first epoch")
 
     def split(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / SPLIT)
+        return pd.read_csv(self.path / SPLIT, dtype={"label": str, "path": str})
 
 
 def load_run(path: str | Path) -> Run:

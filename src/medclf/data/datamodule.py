@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import build_augmentation
+from .augment import BatchAugmentation, build_augmentation
 
 
 class ArrayDataset(Dataset):
@@ -85,12 +85,30 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.splits = splits
         self.config = config
+        augment = config.augment
+        self.batch_augmentation = BatchAugmentation(augment, config.model.spatial_dims, config.seed) \
+            if augment.enabled and augment.batched else None
+        self._augment_epoch = None
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Batched augmentation of training batches (``augment.batched``); its generator is
+        re-seeded from ``(seed, epoch)`` at each epoch, so a resumed run repeats it exactly."""
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augmentation is not None and trainer is not None and trainer.training:
+            if self._augment_epoch != trainer.current_epoch:
+                self._augment_epoch = trainer.current_epoch
+                self.batch_augmentation.generator.manual_seed(
+                    item_seed(self.config.seed, trainer.current_epoch, 0, stream=3))
+            images, labels = batch
+            with torch.no_grad():
+                batch = (self.batch_augmentation(images), labels)
+        return batch
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         images, labels = self.splits[split]
         cfg = self.config
         transform = None
-        if train:
+        if train and not cfg.augment.batched:
             transform = build_augmentation(cfg.augment, cfg.model.spatial_dims,
                                            list(images.shape[2:]), cfg.seed)
         # the Trainer rebuilds the training loader every epoch; shuffling and augmentation

@@ -19,7 +19,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         run_dir: a run directory written by ``medclf train``.
         data: optional class-per-folder tree to evaluate on instead of the run's own test
             split; its ``test/`` folder if it has one, else every image. Its class folders
-            must be classes the run knows.
+            must be classes the run knows. A CSV manifest, MedMNIST ``.npz`` or
+            ``medmnist:NAME`` contributes its test split.
 
     Returns:
         ``(output_dir, metrics)``: the run directory itself (own test split) or
@@ -33,8 +34,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         split = run.split()
         frame = split[split.split == "test"].reset_index(drop=True)
         out = run.path
+    elif str(data).lower().endswith((".npz", ".csv")) or str(data).startswith("medmnist:"):
+        from ..data.discover import discover_source
+        labelled = discover_source(str(data), run.config.data, run.config.seed).frame
+        frame = labelled[labelled.split == "test"].reset_index(drop=True)
     else:
         frame = discover_labelled(data)
+    if data is not None:
         unknown = sorted(set(frame.label) - set(run.class_names))
         if unknown:
             raise DataError(f"{data}: class folder(s) {', '.join(unknown)} are not classes of this run "

@@ -147,7 +147,7 @@ def write_corpus(folder: str | os.PathLike) -> list[Case]:
     put(Case("hidden_file", ".hidden.png", "ignored", r"hidden"), png)
     put(Case("macos_resource_fork", "._scan.jpg", "ignored", r"hidden"), b"\x00\x05\x16\x07junk")
     put(Case("ds_store", ".DS_Store", "ignored", r"hidden"), b"\x00\x00\x00\x01Bud1")
-    put(Case("nifti_volume_among_2d", "volume.nii.gz", "ignored", r"not an image extension"),
+    put(Case("nifti_volume_among_2d", "volume.nii.gz", "bad", r"NIfTI"),
         zlib.compress(b"\x5c\x01\x00\x00" + b"\x00" * 344))
     os.symlink(".", folder / "cycle")  # a folder link back to itself
     put(Case("folder_symlink_loop", "cycle", "ignored", r"folder"))

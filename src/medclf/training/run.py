@@ -19,7 +19,7 @@ from ..config import Config, deep_merge, load_yaml, parse_overrides, validate
 from ..diagnostics import build_callbacks as build_diagnostics, write_architecture
 from ..postrun import after_evaluation
 from ..data.datamodule import ImageDataModule
-from ..data.discover import Manifest, discover, ignore_reason
+from ..data.discover import Manifest, discover_source, ignore_reason
 from ..data.prepare import prepare_splits
 from ..evaluation.run import pick_device, predict_probabilities, predict_tta, write_evaluation
 from ..inspect import inspect_manifest, leaked_paths
@@ -81,8 +81,9 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     """Train a classifier on a dataset folder and evaluate it on the test split.
 
     Args:
-        data: class-per-folder tree (see :func:`medclf.data.discover.discover`); None takes
-            ``data.source`` of the configuration (e.g. a run's own ``config.yaml``).
+        data: class-per-folder tree of images, volumes or DICOM series; CSV manifest; MedMNIST
+            ``.npz`` or ``medmnist:NAME`` (see :func:`medclf.data.discover.discover_source`);
+            None takes ``data.source`` of the configuration (e.g. a run's own ``config.yaml``).
         config: YAML path, dict or :class:`~medclf.config.Config` with user settings; the
             dataset plan fills in everything not given.
         overrides: ``["train.lr=3e-4", ...]`` or a nested dict, applied last.
@@ -116,15 +117,16 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     early = validate(tree)  # the user's settings alone, to find and split the data
     if data is None and not early.data.source:
         raise ConfigError("no dataset: give DATA or set data.source (a run's config.yaml has it)")
-    data = Path(data if data is not None else early.data.source)
-    manifest = discover(data, early.data.val_fraction, early.data.test_fraction, early.seed)
+    source = str(data if data is not None else early.data.source)
+    manifest = discover_source(source, early.data, early.seed)
     fp = fingerprint(manifest)
-    cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": str(data)}})))
+    cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": source}})))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # seeded initialisation
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     _preflight(Path(out), cfg, network, len(manifest.frame))
-    run_dir = rundir.create_run_dir(out, name, data.resolve().name, overwrite=overwrite)
+    data_name = source.split(":", 1)[1] if source.startswith("medmnist:") else Path(source).resolve().name
+    run_dir = rundir.create_run_dir(out, name, data_name, overwrite=overwrite)
     write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
     splits, manifest, bad = _prepare(manifest, cfg)
     _write_manifest(run_dir, manifest, bad, cfg)
@@ -182,10 +184,10 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
         log.warning("removed %d partly written file(s) of the killed run", len(removed))
     if (run_dir / rundir.SPLIT).exists() and (run_dir / rundir.DATASET).exists():
         run = rundir.load_run(run_dir)
-        stored = pd.read_csv(run_dir / rundir.SPLIT)
+        stored = pd.read_csv(run_dir / rundir.SPLIT, dtype={"label": str, "path": str})
         manifest = Manifest(stored[["path", "label", "split"]].copy(), run.class_names)
     else:  # killed while preprocessing: the seeded split is found again
-        manifest = discover(cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+        manifest = discover_source(cfg.data.source, cfg.data, cfg.seed)
         stored = None
     fp = fingerprint(manifest) if stored is None else None
     splits, manifest, bad = _prepare(manifest, cfg)
