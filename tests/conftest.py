@@ -57,3 +57,16 @@ def covid_subset(tmp_path) -> Path:
             for f in sorted(cls.iterdir())[:n]:
                 (target / f.name).symlink_to(f)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run trained for 3 epochs on generated disk/bar images with diagnostics on
+    (histograms every 2 steps); it has a gallery, architecture files and report.html."""
+    from medclf.training.run import train
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = make_dataset(root / "data")
+    result = train(data, out=root / "runs", name="tiny", progress=False, overrides=[
+        "train.max_epochs=3", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
+        "diagnostics.enabled=true", "diagnostics.every_n_steps=2"])
+    return result.run_dir

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medclf.serve.heatmap import gradcam_png, last_conv_layer
+from medclf.explain.cam import find_target_layer
+from medclf.serve.heatmap import gradcam_png
 
 
 def evidence_net() -> nn.Module:
@@ -28,7 +29,7 @@ def test_heatmap_is_hot_where_the_evidence_is():
     disk = (yy - 10) ** 2 + (xx - 22) ** 2 < 36
     image[0][torch.from_numpy(disk)] = 1.0
     model = evidence_net()
-    assert last_conv_layer(model) == "0"
+    assert find_target_layer(model, image[None]) == "0"
     png = gradcam_png(model, image, class_index=0, alpha=1.0)  # pure heatmap, jet colours
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
     assert rgb.shape == (32, 32, 3)

@@ -1,4 +1,4 @@
-"""The ``medclf`` command: train, evaluate, predict, preview, serve.
+"""The ``medclf`` command: train, evaluate, predict, preview, explain, report, serve.
 
 User errors (bad data, bad configuration, a diverged run) print a clear message and exit
 with status 2, never a traceback.
@@ -27,15 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train and evaluate a classifier on a dataset folder")
-    p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
+    p.add_argument("data", nargs="?", help="class-per-folder tree, with or without train/val/test "
+                   "folders (default: data.source of --config, e.g. a run's config.yaml)")
     _common(p)
     p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
     p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory of the same --name (default: pick a new name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="evaluate on this folder instead of the run's test split")
+
+    p = sub.add_parser("inspect", help="dataset fingerprint, duplicates and leakage between splits, unreadable files")
+    p.add_argument("data", help="class-per-folder tree (split as `train` would split it)")
+    _common(p)
+    p.add_argument("--out", metavar="FILE.json", help="also save the inspection as JSON")
 
     p = sub.add_parser("predict", help="predict image files with a run's model")
     p.add_argument("run", help="run directory")
@@ -55,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+    p = sub.add_parser("explain", help="heatmaps of where the model looks (Grad-CAM), per image")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", help="image files (2D) or NIfTI volumes (3D)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class to explain (default: the predicted class)")
+    p.add_argument("--out", help="output folder (default: RUN/explanations)")
+    p.add_argument("--method", choices=["gradcam", "gradcampp", "occlusion"],
+                   help="saliency method (default: the run's explain.method, gradcam)")
+    p.add_argument("--layer", help="target layer of Grad-CAM (default: the last convolutional block)")
+
+    p = sub.add_parser("report", help="write the run's report.html (one self-contained page)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna): resumable, prunable, distributed")
     p.add_argument("data", help="dataset folder, as for train")
@@ -100,7 +122,8 @@ def _train(args) -> int:
     from .evaluation.metrics import summary_lines
     from .training.run import train
     result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
-                   name=args.name, progress=not args.no_progress)
+                   name=args.name, progress=not args.no_progress, resume=args.resume,
+                   overwrite=args.overwrite)
     if not result.is_global_zero:  # a DDP process launched by rank 0: rank 0 reports
         return 0
     print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
@@ -114,6 +137,20 @@ def _evaluate(args) -> int:
     out, metrics = evaluate_run(args.run, data=args.data)
     print("\n".join(summary_lines(metrics, metrics["class_names"])))
     print(out)
+    return 0
+
+
+def _inspect(args) -> int:
+    from .config import validate
+    from .inspect import inspect_dataset, summary_lines
+    from .io import write_json
+    from .training.run import user_tree
+    cfg = validate(user_tree(args.config, args.overrides))
+    result = inspect_dataset(args.data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    print("\n".join(summary_lines(result)))
+    if args.out:
+        write_json(args.out, result)
+        print(Path(args.out))
     return 0
 
 
@@ -153,6 +190,27 @@ def _serve(args) -> int:
     return 0
 
 
+def _explain(args) -> int:
+    from . import rundir
+    from .explain import explain_files
+    run = rundir.load_run(args.run)
+    method = args.method or run.config.explain.method
+    out, frame = explain_files(run.path, args.images, args.out, args.class_name, method,
+                               args.layer or run.config.explain.target_layer)
+    for _, row in frame.iterrows():
+        extra = f"  {row.nifti}" if row.nifti else ""
+        print(f"{row.path}: {row.predicted} ({row.probability:.3f}); {method} for {row.class_name}: "
+              f"{row.png}{extra}")
+    print(out)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+    print(write_report(args.run, args.out))
+    return 0
+
+
 def _tune(args) -> int:
     from .search.tune import format_table, tune
     try:
@@ -184,7 +242,9 @@ def _sanity(args) -> int:
     return 0 if report.passed else 1
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview, "serve": _serve, "tune": _tune, "sanity": _sanity}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
+            "explain": _explain, "report": _report, "serve": _serve, "inspect": _inspect,
+            "tune": _tune, "sanity": _sanity}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,26 +23,46 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders).")
+    """Where the images come from, how they are split into train/val/test, and how they are loaded."""
+
+    source: Optional[str] = Field(None, description="Dataset: a class-per-folder tree (with or without train/val/test folders) of images, NIfTI volumes or DICOM files/series; a CSV manifest (path,label[,split,patient_id]); a MedMNIST .npz file; or 'medmnist:NAME'.")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the training images carved out (stratified, seeded) as validation when the data has no val/ folder.")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of the images held out as test when the data has no test/ folder.")
     on_bad_file: Literal["error", "skip"] = Field("error", description="'error': stop before training and list every unreadable file; 'skip': train without them and record them in bad_files.csv.")
-    image_size: list[int] = Field([224, 224], min_length=2, max_length=3, description="Size every image is resized to, in pixels (H, W) or voxels (D, H, W).")
+    image_size: list[int] = Field([224, 224], min_length=2, max_length=3, description="Size every image is resized to, in pixels (H, W) or voxels (D, H, W). Larger sizes keep fine detail (small nodules, thin lines) but cost memory and time roughly in proportion to the number of pixels; planned from the data (never larger than the images, at most 224).")
     in_channels: int = Field(1, ge=1, le=4, description="Channels fed to the model: 1 = grayscale (X-rays are grayscale even when stored as RGB), 3 = RGB.")
     cache: Literal["memory", "disk", "none"] = Field("memory", description="Where preprocessed images are kept so that later epochs never decode the files again.")
     cache_dir: Optional[str] = Field(None, description="Folder of the disk cache (default: ~/.cache/medclf).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes; 0 loads in the main process (best on a 2-core CPU with cached data).")
-    medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files for offline use.")
+    medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files (NAME.npz) for 'medmnist:NAME' sources; downloads go there too (default: $MEDMNIST_ROOT, else ~/.medmnist).")
     max_pixels: int = Field(100_000_000, gt=0, description="Images with more pixels than this are rejected as decompression bombs.")
 
 
+WINDOW_PRESETS = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "brain": (40.0, 80.0),
+                  "bone": (400.0, 1800.0), "soft_tissue": (50.0, 400.0)}
+"""CT window presets (center, width) in Hounsfield units (Radiopaedia's usual values)."""
+
+
 class PreprocessConfig(_Section):
-    normalization: Literal["scale255", "minmax", "percentile", "zscore"] = Field(
-        "percentile", description="Intensity normalisation per image: scale255 (x/255), minmax (to [0,1]), percentile (5th-95th percentile to [0,1], robust to burnt-in text and borders), zscore (zero mean, unit variance).")
+    """Deterministic preparation of every image (all splits alike), done once and cached."""
+
+    normalization: Literal["scale255", "minmax", "percentile", "zscore", "none"] = Field(
+        "percentile", description="How pixel values are brought to a common range, per image, so that exposure differences between machines matter less. scale255: divide by 255 (keeps absolute brightness; only for 8-bit images from one source); minmax: darkest pixel to 0, brightest to 1 (one bright marker changes the whole image); percentile (default): the 5th-95th percentile range to [0, 1], robust to burnt-in text, markers and black borders; zscore: zero mean and unit variance per image. none: keep the values as they are (e.g. after DICOM windowing, which already maps to [0, 1]).")
     percentiles: tuple[float, float] = Field((5.0, 95.0), description="Lower and upper percentile of the 'percentile' normalisation.")
     steps: list[PreprocessStep] = Field([], description="Ordered scikit-image steps run on the resized image before normalisation: "
                                         "threshold (value/otsu/percentile, optionally as a mask), erosion, dilation, opening, closing "
                                         "(disk/ball radius), clahe, equalize; see medclf.data.morphology.")
+    window: Union[Literal["lung", "mediastinum", "brain", "bone", "soft_tissue", "file"], list[float], None] = Field(
+        None, description="Intensity window applied to DICOM/NIfTI values (Hounsfield units for CT) before normalisation, mapping center-width/2..center+width/2 to [0,1] with clipping: a preset (lung, mediastinum, brain, bone, soft_tissue), 'file' (the DICOM file's own WindowCenter/WindowWidth), [center, width], or null (no windowing).")
+    spacing: Optional[list[float]] = Field(None, min_length=3, max_length=3, description="Volumes (NIfTI, DICOM series): resample to this voxel spacing in mm (per volume axis) before resizing; null keeps the file's voxel grid.")
+    resize: Literal["resize", "none"] = Field("resize", description="'resize': every image/volume is resized (interpolated) to data.image_size; 'none': arrays are used at their own size, which must then be the same for all files.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value):
+        if isinstance(value, list) and (len(value) != 2 or value[1] <= 0):
+            raise ValueError("need a preset name, 'file', or [center, width] with width > 0")
+        return value
 
     @field_validator("percentiles")
     @classmethod
@@ -54,57 +74,69 @@ class PreprocessConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    """Random changes to training images (never to validation or test images), so that the model learns what does not depend on position, size or exposure. Augmentation is the cheapest defence against overfitting a small dataset."""
+
     enabled: bool = Field(True, description="Random augmentation of training images (never of validation or test images).")
     prob: float = Field(0.8, ge=0, le=1, description="Probability that the random affine (rotation, zoom, translation, shear) is applied to an image.")
-    rotate_deg: float = Field(10.0, ge=0, le=180, description="Maximum rotation, degrees.")
-    zoom: float = Field(0.1, ge=0, lt=1, description="Maximum relative zoom in or out (0.1 = 90-110 %).")
-    translate: float = Field(0.06, ge=0, lt=1, description="Maximum shift as a fraction of the image size.")
-    shear: float = Field(0.05, ge=0, lt=1, description="Maximum shear factor.")
-    flip_prob: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    rotate_deg: float = Field(10.0, ge=0, le=180, description="Maximum random rotation, degrees (a random angle in [-rotate_deg, +rotate_deg]). Patients are never perfectly straight; keep it small (5-15) for X-rays, whose orientation is standardised.")
+    zoom: float = Field(0.1, ge=0, lt=1, description="Maximum relative zoom in or out (0.1 = 90-110 %), for differences in patient size and distance to the detector.")
+    translate: float = Field(0.06, ge=0, lt=1, description="Maximum shift as a fraction of the image size, so that the model does not rely on where the anatomy sits in the frame.")
+    shear: float = Field(0.05, ge=0, lt=1, description="Maximum shear factor (a slanting distortion); small values mimic a slightly oblique projection.")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip. Turn it off (0) when left and right matter for the diagnosis (the heart sits on the left; a finding may be one-sided).")
     vertical_flip_prob: float = Field(0.0, ge=0, le=1, description="Probability of an up-down flip (off: anatomy has an up and a down).")
     brightness: float = Field(0.1, ge=0, le=1, description="Maximum intensity shift, in units of the normalised intensity.")
     contrast: float = Field(0.1, ge=0, le=1, description="Maximum relative intensity scaling (contrast).")
     noise_std: float = Field(0.02, ge=0, le=1, description="Standard deviation of added Gaussian noise (applied with probability 0.3).")
+    depth_flip_prob: float = Field(0.0, ge=0, le=1, description="Volumes: probability of a flip along the first (depth) axis.")
+    batched: bool = Field(False, description="Augment whole batches with tensor operations (medclf.data.augment.BatchAugmentation, same settings, random per sample) instead of per-image MONAI transforms: much faster for small images and volumes on a CPU.")
+    rot90_prob: float = Field(0.0, ge=0, le=1, description="Probability of a random rotation by 90, 180 or 270 degrees in the plane of the last two axes (MONAI RandRotate90).")
 
 
 class ModelConfig(_Section):
-    name: str = Field("small_cnn", description="Network from the model registry: small_cnn, resnet18/34/50/101/152, densenet121.")
+    """The network: which architecture, how wide and deep, and how its weights start."""
+
+    name: str = Field("small_cnn", description="Network from the model registry: small_cnn (default; fast on a CPU, good for up to a few thousand images), resnet18/34/50/101/152, densenet121 (MONAI; bigger, slower, worth it with more data or a GPU).")
     spatial_dims: Literal[2, 3] = Field(2, description="2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W).")
-    filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="small_cnn: output channels of each stage; each stage after the first halves the resolution.")
-    blocks_per_stage: int = Field(2, ge=1, le=8, description="small_cnn: convolution blocks in each stage.")
-    kernel_size: int = Field(3, ge=1, le=11, description="small_cnn: kernel size of the stage convolutions, pixels.")
-    stem_kernel_size: int = Field(5, ge=1, le=11, description="small_cnn: kernel size of the first (stem) convolution.")
+    filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="small_cnn: number of filters (output channels, i.e. feature detectors) of each stage; each stage after the first halves the resolution. More filters per stage = a wider, more capable but slower model that overfits small data more easily; more stages = a deeper model that sees larger structures.")
+    blocks_per_stage: int = Field(2, ge=1, le=8, description="small_cnn: convolution blocks (convolution, normalisation, activation) in each stage; more blocks make the model deeper at the same resolution.")
+    kernel_size: int = Field(3, ge=1, le=11, description="small_cnn: kernel size of the stage convolutions, pixels: each filter looks at a kernel_size x kernel_size window. 3 is the usual choice (two stacked 3x3 convolutions see as far as one 5x5 with fewer weights).")
+    stem_kernel_size: int = Field(5, ge=1, le=11, description="small_cnn: kernel size of the first (stem) convolution, which sees the raw pixels; a larger window here captures texture at full resolution.")
     stem_stride: int = Field(2, ge=1, le=4, description="small_cnn: stride of the stem; 2 halves the resolution once before the stages (cheap on large inputs).")
-    stride: int = Field(2, ge=1, le=4, description="small_cnn: stride that downsamples at the start of each stage after the first.")
-    padding: Optional[int] = Field(None, ge=0, description="small_cnn: zero padding, pixels; default keeps the size ('same' for odd kernels).")
-    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the final classifier.")
+    stem_pool: bool = Field(True, description="small_cnn: a 2x max-pool after a strided stem (stem_stride > 1).")
+    stride: int = Field(2, ge=1, le=4, description="small_cnn: stride (step in pixels between two positions of the filter) of the first convolution of each stage after the first; 2 halves the resolution, so later stages see larger structures at lower cost, 1 keeps it.")
+    padding: Optional[int] = Field(None, ge=0, description="small_cnn: zeros added around the image before each convolution, pixels. Without padding every convolution shrinks the image by kernel_size - 1 and ignores the borders; the default (null) pads kernel_size // 2, which keeps the size ('same' padding for odd kernels).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Fraction of features randomly set to zero before the final classifier during training (never at evaluation). It keeps the model from relying on a few features, a defence against overfitting; raise it (0.3-0.5) when training accuracy is far above validation accuracy, lower it (0-0.1) when the model underfits.")
     activation: Literal["relu", "leakyrelu", "elu", "gelu", "prelu"] = Field("relu", description="small_cnn: activation function.")
-    norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="small_cnn: normalisation layer after each convolution.")
+    norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="small_cnn: normalisation layer after each convolution, which keeps activations in a stable range so that training tolerates larger learning rates. batch: per batch (the usual choice; needs batches of 8 or more); instance: per image; group: per group of channels (good for small batches, e.g. 3D); none.")
     init: Literal["he", "xavier", "default"] = Field("he", description="Weight initialisation: He (Kaiming) for ReLU-type networks, Xavier (Glorot), or PyTorch's default.")
     weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from.")
 
 
 class EarlyStoppingConfig(_Section):
+    """Stop training when the validation metric stops improving; the best checkpoint is kept either way."""
+
     enabled: bool = Field(True, description="Stop when the monitored validation metric has not improved for `patience` epochs.")
     patience: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
 class TrainConfig(_Section):
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimiser.")
-    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (decoupled for AdamW).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop.")
+    """How the weights are learned: optimiser, learning rate and its schedule, batch size, epochs, loss."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimiser, the rule that updates the weights from the gradients. adamw (default): Adam with decoupled weight decay, works with little tuning; adam; sgd: with momentum, often generalises slightly better but needs a tuned learning rate (about 0.01-0.1); rmsprop.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate: how big a step the optimiser takes on each update. Too high and the loss jumps around or becomes NaN; too low and training crawls and may stop early without learning. Typical values: 1e-3 to 3e-3 for Adam/AdamW, 0.01 to 0.1 for SGD; lower it (e.g. 3e-4) when starting from pretrained weights.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay: pulls every weight a little towards zero at each step (an L2 penalty, decoupled from the gradient for AdamW), which discourages the large weights of an overfitted model. 1e-4 to 1e-2 is typical; raise it when the model overfits.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop: each step keeps this fraction of the previous step, which smooths noisy gradients and speeds progress along consistent directions. 0.9 is the standard value; ignored by Adam/AdamW (they have their own).")
     nesterov: bool = Field(True, description="Nesterov momentum for SGD.")
-    batch_size: int = Field(32, ge=1, description="Images per training step.")
-    max_epochs: int = Field(60, ge=1, description="Upper bound on passes over the training split.")
-    schedule: Literal["none", "step", "cosine", "plateau", "onecycle"] = Field("onecycle", description="Learning-rate schedule.")
+    batch_size: int = Field(32, ge=1, description="Images per training step: the gradient is averaged over a batch. Larger batches give smoother gradients and faster epochs on a GPU but need more memory and often a larger learning rate; smaller batches add noise that can help generalisation. Lower it if you run out of memory. Planned from the training set size (8 to 64).")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on epochs, i.e. passes over the whole training split. Training may stop earlier (early stopping); the best checkpoint by the validation metric is kept, so a generous bound costs time, not quality. The learning-rate schedule is laid out over this many epochs.")
+    schedule: Literal["none", "step", "cosine", "plateau", "onecycle"] = Field("onecycle", description="How the learning rate changes during training. onecycle (default): warm up to train.lr, then anneal to almost zero; cosine: warm-up then cosine decay; step: multiply by gamma every step_size epochs; plateau: multiply by gamma when the validation loss stalls; none: constant.")
     warmup_epochs: float = Field(3.0, ge=0, description="Linear warm-up, epochs (cosine and onecycle).")
     step_size: int = Field(20, ge=1, description="'step' schedule: epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' and 'plateau' schedules: decay factor.")
-    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function.")
-    class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="'auto': weights inversely proportional to the training class counts; 'none'; or one weight per class.")
-    label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy.")
+    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function: cross-entropy between the predicted class probabilities and the true class (weighted by class_weights).")
+    class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="Weights of the classes in the loss. 'auto': inversely proportional to the training class counts (scikit-learn's balanced rule), so that a rare class counts as much as a common one and the model cannot score well by always predicting the majority; 'none': every image counts the same; or a list of one weight per class (in class-name order).")
+    label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy: the target is 1 - label_smoothing for the true class instead of 1, which discourages over-confident predictions and helps with a few mislabelled images.")
     ema_epochs: float = Field(0.0, ge=0, description="Keep an exponential moving average (EMA) of the weights over about this many epochs and validate, checkpoint and evaluate the averaged weights: smoother validation curves and a more reliable best checkpoint on small validation splits (0: off).")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -112,20 +144,50 @@ class TrainConfig(_Section):
 
 
 class TrainerConfig(_Section):
+    """Where training runs (CPU, GPU, several devices or machines) and at what numeric precision (passed to Lightning's Trainer)."""
+
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu.")
-    devices: Union[int, str] = Field("auto", description="Number of devices, or 'auto'.")
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    devices: Union[int, str] = Field("auto", description="Number of devices (GPUs, or CPU processes with strategy ddp), or 'auto'.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp (one process per device, gradients averaged), ... See Lightning's documentation for multi-GPU and multi-node training.")
     num_nodes: int = Field(1, ge=1, description="Machines taking part in training.")
     precision: str = Field("32-true", description="Lightning precision: 32-true, 16-mixed, bf16-mixed.")
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise repeatable on CPU, slower on GPU).")
 
 
 class EvalConfig(_Section):
-    batch_size: int = Field(64, ge=1, description="Images per evaluation step.")
+    """How the model is evaluated on the test split."""
+
+    batch_size: int = Field(64, ge=1, description="Images per evaluation step (only memory and speed depend on it, never the results).")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the test split for the 95 % confidence intervals of ROC AUC and balanced accuracy (0: off); seeded by `seed`.")
+    threshold: Union[Literal["youden", "target_sensitivity"], float] = Field("youden", description="Binary tasks: operating threshold on the positive-class probability, chosen on the validation split ('youden': max sensitivity + specificity - 1; 'target_sensitivity': the highest threshold reaching eval.target_sensitivity) or a fixed number; reported beside 0.5.")
+    target_sensitivity: float = Field(0.9, gt=0, le=1, description="Sensitivity the 'target_sensitivity' threshold must reach on the validation split.")
+    positive_class: Optional[str] = Field(None, description="Binary tasks: name of the positive class (default: the second class in sorted order).")
+    calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of the expected/maximum calibration error and the reliability diagram.")
+    temperature_scaling: bool = Field(False, description="Fit a softmax temperature on the validation split (Guo et al. 2017) and report calibration before and after.")
+    tta: bool = Field(False, description="Test-time augmentation: also predict flipped (when augment flips are on) and slightly shifted copies and average; reported beside plain predictions.")
+    tta_shift: float = Field(0.03, ge=0, lt=0.5, description="Shift of the TTA copies as a fraction of the image size.")
+    drop_duplicates: bool = Field(False, description="Drop validation/test images that duplicate (exactly or nearly) training images from the evaluation (metrics with them are reported too).")
 
 
 class DiagnosticsConfig(_Section):
-    every_n_steps: int = Field(0, ge=0, description="Record weight/gradient/activation histograms every N steps (0: off).")
+    """Optional records of what happens inside the network during training (off by default: they cost time)."""
+
+    enabled: bool = Field(False, description="Record training diagnostics (per-layer weight/gradient/activation histograms, dead ReLU units, global gradient norm) into diagnostics/ and TensorBoard; off by default because it costs time.")
+    every_n_steps: int = Field(25, ge=1, description="Record histograms and dead ReLU units every N training steps (the gradient norm is recorded every step).")
+    max_layers: int = Field(12, ge=0, description="Layers (convolutions and linear layers, evenly spread from first to last) whose histograms are recorded; 0: all.")
+    bins: int = Field(50, ge=4, le=1000, description="Histogram bins.")
+    images: bool = Field(True, description="Draw a PNG per recorded step, a GIF per kind (weights, gradients, activations) and a summary figure at the end of training.")
+    dead_relu_threshold: float = Field(0.5, gt=0, le=1, description="Warn when more than this fraction of a ReLU layer's units (channels) output zero for a whole batch.")
+    grad_norm_explode: float = Field(1000.0, gt=0, description="Warn (exploding gradients) when the global gradient norm, before clipping, exceeds this.")
+    grad_norm_vanish: float = Field(1e-7, ge=0, description="Warn (vanishing gradients) when the global gradient norm falls below this.")
+
+
+class ExplainConfig(_Section):
+    """Saliency maps (Grad-CAM) of `medclf explain`, of the gallery after evaluation, and of the web service."""
+
+    method: Literal["gradcam", "gradcampp", "occlusion"] = Field("gradcam", description="Saliency method of the gallery and of `medclf explain`: Grad-CAM, Grad-CAM++ (MONAI) or occlusion sensitivity (slower).")
+    target_layer: Optional[str] = Field(None, description="Module name whose activations Grad-CAM uses (None: the last convolutional block).")
+    gallery_size: int = Field(4, ge=0, le=50, description="Most confident correct and most confident wrong test predictions shown with their heatmaps after evaluation (0: no gallery).")
 
 
 class Config(_Section):
@@ -140,6 +202,7 @@ class Config(_Section):
     trainer: TrainerConfig = TrainerConfig()
     eval: EvalConfig = EvalConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    explain: ExplainConfig = ExplainConfig()
 
     def to_dict(self) -> dict:
         """The resolved tree as plain Python types (what ``config.yaml`` stores)."""

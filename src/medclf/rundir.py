@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ METRICS = "metrics.csv"
 TEST_METRICS = "test_metrics.json"
 PREDICTIONS = "predictions.csv"
 BAD_FILES = "bad_files.csv"
+IGNORED_FILES = "ignored_files.csv"
+PROVENANCE = "provenance.json"
 BEST = "checkpoints/best.ckpt"
 LAST = "checkpoints/last.ckpt"
 
@@ -28,17 +31,28 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
 
 
-def create_run_dir(out: str | Path, name: str | None, data_name: str) -> Path:
+def create_run_dir(out: str | Path, name: str | None, data_name: str, overwrite: bool = False) -> Path:
     """Create a new, empty run directory under ``out``; never reuse an existing one.
 
     The default name is ``<data>-<YYYYmmdd-HHMMSS>``; when the name exists, ``-2``, ``-3``
-    ... is appended.
+    ... is appended, unless ``overwrite`` is set: then an existing run directory of that
+    name is deleted first (a folder that is not a medclf run directory never is).
 
     Raises:
-        RunDirError: ``out`` cannot be created or written.
+        RunDirError: ``out`` cannot be created or written, or ``overwrite`` would delete a
+            folder that is not a run directory.
     """
     out = Path(out)
     base = slug(name) if name else f"{slug(data_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = out / base
+    if overwrite and (target.exists() or target.is_symlink()):
+        if target.is_symlink() or not target.is_dir() or not (target / CONFIG).is_file():
+            raise RunDirError(f"--overwrite: {target} exists but is not a medclf run directory "
+                              f"(no {CONFIG}); it is left alone")
+        try:
+            shutil.rmtree(target)
+        except OSError as err:
+            raise RunDirError(f"--overwrite: cannot delete {target}: {err.strerror or err}") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
         for i in range(1, 1000):
@@ -73,7 +87,7 @@ class Run:
                           "finish its first epoch")
 
     def split(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / SPLIT)
+        return pd.read_csv(self.path / SPLIT, dtype={"label": str, "path": str})
 
 
 def load_run(path: str | Path) -> Run:

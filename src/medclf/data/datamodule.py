@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import build_augmentation
+from .augment import BatchAugmentation, build_augmentation
 
 
 class ArrayDataset(Dataset):
@@ -16,12 +16,20 @@ class ArrayDataset(Dataset):
         images: float32 tensor ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
         labels: int64 tensor ``(N,)`` of class indices.
         transform: a callable on one ``(C, ...)`` tensor (training augmentation) or None.
+        seed: when given with a MONAI ``Randomizable`` transform, the transform's random
+            state is set from ``(seed, epoch, index)`` before each item, so the augmentation
+            of an item depends on nothing else (not on prefetching, re-iteration, worker
+            processes, or whether the run was resumed).
+        epoch: the epoch this dataset serves (see ``seed``).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None,
+                 seed: int | None = None, epoch: int = 0):
         self.images = images
         self.labels = labels
         self.transform = transform
+        self.seed = seed
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -29,8 +37,35 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.images[index]
         if self.transform is not None:
+            if self.seed is not None and hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(seed=item_seed(self.seed, self.epoch, index))
             image = torch.as_tensor(self.transform(image)).float()
         return image, self.labels[index]
+
+
+def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A 32-bit seed for item ``index`` of ``epoch`` (NumPy SeedSequence); ``stream`` 0 is the
+    augmentation, 1 the shuffling, 2 the loader's generator."""
+    return int(np.random.SeedSequence([seed % 2 ** 64, epoch, stream, index]).generate_state(1)[0])
+
+
+class EpochPermutation(torch.utils.data.Sampler):
+    """Shuffled indices ``0..n-1``, the same permutation every time it is iterated.
+
+    The permutation is a function of ``(seed, epoch)`` only (torch.randperm with a fresh
+    generator), so Lightning's prefetching and re-iteration of a loader, and resuming a
+    run, always see the same order for the same epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, 0, stream=1))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -50,20 +85,42 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.splits = splits
         self.config = config
+        augment = config.augment
+        self.batch_augmentation = BatchAugmentation(augment, config.model.spatial_dims, config.seed) \
+            if augment.enabled and augment.batched else None
+        self._augment_epoch = None
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Batched augmentation of training batches (``augment.batched``); its generator is
+        re-seeded from ``(seed, epoch)`` at each epoch, so a resumed run repeats it exactly."""
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augmentation is not None and trainer is not None and trainer.training:
+            if self._augment_epoch != trainer.current_epoch:
+                self._augment_epoch = trainer.current_epoch
+                self.batch_augmentation.generator.manual_seed(
+                    item_seed(self.config.seed, trainer.current_epoch, 0, stream=3))
+            images, labels = batch
+            with torch.no_grad():
+                batch = (self.batch_augmentation(images), labels)
+        return batch
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         images, labels = self.splits[split]
         cfg = self.config
         transform = None
-        if train:
+        if train and not cfg.augment.batched:
             transform = build_augmentation(cfg.augment, cfg.model.spatial_dims,
                                            list(images.shape[2:]), cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(ArrayDataset(images, labels, transform),
+        # the Trainer rebuilds the training loader every epoch; shuffling and augmentation
+        # are functions of (seed, epoch, index), so a resumed run repeats them exactly
+        epoch = self.trainer.current_epoch if train and self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(item_seed(cfg.seed, epoch, 0, stream=2))
+        return DataLoader(ArrayDataset(images, labels, transform, seed=cfg.seed, epoch=epoch),
                           batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
-                          shuffle=train, drop_last=train and len(labels) > cfg.train.batch_size,
+                          sampler=EpochPermutation(len(labels), cfg.seed, epoch) if train else None,
+                          drop_last=train and len(labels) > cfg.train.batch_size,
                           num_workers=cfg.data.num_workers, generator=generator,
-                          persistent_workers=cfg.data.num_workers > 0)
+                          persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

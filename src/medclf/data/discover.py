@@ -1,4 +1,8 @@
-"""Turn a class-per-folder tree into a split manifest (path, label, split).
+"""Turn a dataset into a split manifest (path, label, split).
+
+:func:`discover_source` dispatches on the source: a MedMNIST ``.npz`` file or
+``medmnist:NAME`` (:mod:`.medmnist`, official splits), a CSV manifest
+(:mod:`.manifest_csv`), or a class-per-folder tree (:func:`discover`).
 
 Two layouts are recognised:
 
@@ -7,9 +11,12 @@ Two layouts are recognised:
   no ``test/`` folder, a stratified test split is carved out too.
 * ``root/<class>/...``: a flat tree, split stratified into train/val/test.
 
-Class folders may contain sub-folders (searched recursively). Hidden files and folders
+Class folders hold 2D images (PNG, JPEG, BMP, TIFF), DICOM files (single or multi-frame),
+NIfTI volumes (``.nii``, ``.nii.gz``), or DICOM series folders: a sub-folder of a class
+folder that contains DICOM files is one volume (one manifest row whose path is the
+folder). Other sub-folders are searched recursively. Hidden files and folders
 (``.DS_Store``, ``._x.png``), ``Thumbs.db`` and ``desktop.ini`` are ignored, and so are
-files whose extension is not an image extension.
+files that are neither of these formats.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
@@ -66,17 +73,56 @@ def is_hidden(path: Path) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image or volume by extension, or an extension-less DICOM file (``DICM`` magic)."""
+    from .dicom import looks_like_dicom
+    name = path.name.lower()
+    if name.endswith(IMAGE_EXTENSIONS):
+        return True
+    return "." not in name and looks_like_dicom(path)
+
+
+def _is_series_folder(folder: Path) -> bool:
+    from .dicom import series_files
+    try:
+        return bool(series_files(folder))
+    except OSError:
+        return False
+
+
+def ignore_reason(path: str | os.PathLike) -> str:
+    """Why discovery left ``path`` out (for the run's ``ignored_files.csv``)."""
+    path = Path(path)
+    if is_hidden(path):
+        return "hidden or system file"
+    if path.is_symlink() and not path.exists():
+        return "symbolic link to nothing (broken or a loop)"
+    if path.is_dir():
+        return "folder (linked folders are not followed)"
+    return f"extension {path.suffix or '(none)'} is not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
 
 
 def _list_files(folder: Path, ignored: list[str]) -> list[str]:
-    """Image files under ``folder`` (recursive), skipping hidden entries; sorted."""
+    """Image files and DICOM series folders under ``folder`` (recursive), sorted; everything
+    else goes to ``ignored``.
+
+    Hidden files and folders are left out, linked folders are not followed (no loops), a
+    sub-folder holding DICOM files is one series (listed, not descended into), and a
+    folder named like an image (``x.png/``) is searched like any other folder.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
+        for d in list(dirnames):
+            if is_hidden(Path(d)) or os.path.islink(os.path.join(dirpath, d)):
+                ignored.append(str(Path(dirpath) / d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d))
+                             and not os.path.islink(os.path.join(dirpath, d)))
+        series = [d for d in dirnames if _is_series_folder(Path(dirpath) / d)]
+        found += [os.path.abspath(Path(dirpath) / d) for d in series]
+        dirnames[:] = [d for d in dirnames if d not in series]
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if is_hidden(path):
+                ignored.append(str(path))
                 continue
             if is_image_file(path):
                 found.append(os.path.abspath(path))
@@ -87,6 +133,43 @@ def _list_files(folder: Path, ignored: list[str]) -> list[str]:
 
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
+
+
+def discover_source(source: str | os.PathLike, data_config, seed: int = 42) -> Manifest:
+    """The split manifest of any supported source (see the module docstring).
+
+    Args:
+        source: folder, ``.csv`` manifest, ``.npz`` file or ``medmnist:NAME``.
+        data_config: the ``data`` config section (fractions, ``medmnist_root``).
+        seed: seed of any random split.
+
+    Raises:
+        DataError: the source does not exist or cannot be used (the message says why).
+    """
+    from . import manifest_csv, medmnist
+    text = str(source)
+    if medmnist.is_npz_source(text):
+        frame, class_names = medmnist.discover_npz(text, data_config.medmnist_root)
+        if "val" not in set(frame.split):
+            frame = _carve(frame, "train", "val", data_config.val_fraction, seed)
+        return Manifest(_ordered(frame, sort_paths=False), class_names)
+    if text.lower().endswith(".csv") and not Path(text).is_dir():
+        frame = manifest_csv.read_manifest_csv(text)
+        frame = manifest_csv.split_manifest(frame, data_config.val_fraction, data_config.test_fraction, seed)
+        class_names = sorted(set(frame.label))
+        _check_classes(frame[frame.split == "train"], sorted(set(frame[frame.split == "train"].label)), Path(text))
+        if "patient_id" in frame and (frame.patient_id == "").all():
+            frame = frame.drop(columns="patient_id")
+        return Manifest(_ordered(frame), class_names)
+    return discover(source, data_config.val_fraction, data_config.test_fraction, seed)
+
+
+def _ordered(frame: pd.DataFrame, sort_paths: bool = True) -> pd.DataFrame:
+    """Rows ordered by split (train, val, test), then label and path (or kept order)."""
+    order = {s: i for i, s in enumerate(SPLITS)}
+    frame = frame.assign(_split=frame.split.map(order), _pos=range(len(frame)))
+    keys = ["_split", "label", "path"] if sort_paths else ["_split", "_pos"]
+    return frame.sort_values(keys, kind="stable").drop(columns=["_split", "_pos"]).reset_index(drop=True)
 
 
 def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction: float = 0.15,

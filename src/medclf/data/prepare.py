@@ -30,12 +30,13 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     kept_frame["sha"] = [h for h in hashes if h is not None]
     kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
     kept_arrays = [a for a in arrays if a is not None]
+    check_shapes(kept_arrays, list(kept.frame.path))
     splits = {}
     for split in ("train", "val", "test"):
         rows = np.flatnonzero(kept.frame.split.to_numpy() == split)
         if len(rows) == 0:
             raise DataError(f"the {split} split has no readable images")
-        images = torch.from_numpy(np.stack([kept_arrays[i] for i in rows]))
+        images = stack_arrays([kept_arrays[i] for i in rows], [kept.frame.path[i] for i in rows])
         labels = torch.tensor(kept.labels(split), dtype=torch.long)
         splits[split] = (images, labels)
     train_counts = pd.Series(kept.labels("train")).value_counts()
@@ -63,4 +64,28 @@ def prepare_images(manifest: Manifest, config) -> tuple[torch.Tensor, Manifest, 
     frame = manifest.frame[keep].copy()
     frame["sha"] = [h for h in hashes if h is not None]
     kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
-    return torch.from_numpy(np.stack([a for a in arrays if a is not None])), kept, bad
+    return stack_arrays([a for a in arrays if a is not None], list(kept.frame.path)), kept, bad
+
+
+def stack_arrays(arrays: list[np.ndarray], paths: list[str]) -> torch.Tensor:
+    """Stack ``(C, *spatial)`` arrays into ``(N, C, *spatial)``.
+
+    Raises:
+        DataError: the arrays differ in shape (see :func:`check_shapes`).
+    """
+    check_shapes(arrays, paths)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def check_shapes(arrays: list[np.ndarray], paths: list[str]) -> None:
+    """Raise DataError when the arrays differ in shape (``preprocess.resize='none'``),
+    naming the files whose shape differs from the most common one."""
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) > 1:
+        common = max(set(shapes), key=shapes.count)
+        odd = [(p, s) for p, s in zip(paths, shapes) if s != common]
+        listed = "\n".join(f"  {p}: {'x'.join(map(str, s[1:]))}" for p, s in odd[:20])
+        more = f"\n  ... and {len(odd) - 20} more" if len(odd) > 20 else ""
+        raise DataError(f"images/volumes have different shapes and preprocess.resize='none': most are "
+                        f"{'x'.join(map(str, common[1:]))}, but\n{listed}{more}\nSet preprocess.resize=resize "
+                        f"(to data.image_size) or resample to a common grid with preprocess.spacing.")

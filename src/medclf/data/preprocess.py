@@ -18,7 +18,7 @@ from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityR
 from ..errors import BadFilesError
 from ..io import atomic_write
 from .morphology import apply_steps
-from .readers import UnreadableImage, read_image
+from .readers import UnreadableImage, content_digest, fit_to_size, load_raw, read_image
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 
@@ -30,11 +30,14 @@ def normalize(array: np.ndarray, mode: str, full_scale: float = 255.0,
     Modes: ``scale255`` divides by the file's full scale (255 for 8-bit, 65535 for 16-bit)
     to [0, 1]; ``minmax`` maps the image's min..max to [0, 1]; ``percentile`` maps the
     5th..95th percentile to [0, 1] without clipping (MONAI ScaleIntensityRangePercentiles);
-    ``zscore`` gives zero mean and unit variance (MONAI NormalizeIntensity). Channels
+    ``zscore`` gives zero mean and unit variance (MONAI NormalizeIntensity); ``none`` keeps
+    the values (e.g. after a window, which already maps to [0, 1]). Channels
     are normalised together. Returns float32, same shape.
     """
     array = np.asarray(array, dtype=np.float32)
-    if mode == "scale255":
+    if mode == "none":
+        out = array
+    elif mode == "scale255":
         out = array / np.float32(full_scale)
     elif mode == "minmax":
         out = ScaleIntensity(minv=0.0, maxv=1.0)(array)
@@ -56,7 +59,7 @@ def settings_key(config) -> str:
     """Hash of every setting that changes the preprocessed array."""
     relevant = {"image_size": list(config.data.image_size), "in_channels": config.data.in_channels,
                 "max_pixels": config.data.max_pixels, "preprocess": config.preprocess.model_dump(mode="json"),
-                "version": 1}
+                "spatial_dims": config.model.spatial_dims, "version": 2}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -67,9 +70,10 @@ def content_hash(data: bytes) -> str:
 def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarray, float]:
     """Decode one file's content by its format into raw intensities at the run's size.
 
-    This is the one place a file format is chosen, for training and for serving alike;
-    readers for more formats (DICOM, NIfTI) plug in here, selected by ``name``'s extension
-    or the content's magic bytes.
+    Used for uploaded bytes (the HTTP service). DICOM (``.dcm``/``.dicom`` or the ``DICM``
+    magic) and NIfTI (``.nii``/``.nii.gz``) go through :func:`medclf.data.readers.load_raw`
+    via a temporary file, everything else through Pillow. Files on disk (and DICOM series
+    folders, npz items) are read by :func:`preprocess_file`, which dispatches on the path.
 
     Args:
         data: the encoded file content.
@@ -84,6 +88,17 @@ def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarr
     Raises:
         UnreadableImage: the content is not a supported image, or is corrupt.
     """
+    lowered = (name or "").lower()
+    if lowered.endswith((".nii", ".nii.gz", ".dcm", ".dicom")) or data[128:132] == b"DICM":
+        # DICOM and NIfTI readers work on files: go through a temporary one
+        import tempfile
+        suffix = ".nii.gz" if lowered.endswith(".nii.gz") else (Path(lowered).suffix or ".dcm")
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "upload" + suffix)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            raw, full_scale, spacing = load_raw(path, config)
+            return fit_to_size(raw, config, spacing), full_scale
     size = tuple(config.data.image_size[-2:])
     return read_image(data, size, config.data.in_channels, config.data.max_pixels)
 
@@ -107,17 +122,18 @@ def preprocess_bytes(data: bytes, config, name: str | None = None) -> np.ndarray
 def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarray, str]:
     """Read and preprocess one file through the cache.
 
+    ``path`` is anything :func:`medclf.data.readers.load_raw` reads (image, DICOM file or
+    series folder, NIfTI, npz item).
+
     Returns:
-        ``(array, content_hash)`` with ``array`` float32 ``(C, H, W)``.
+        ``(array, content_hash)`` with ``array`` float32 ``(C, H, W)`` or ``(C, D, H, W)``.
 
     Raises:
         UnreadableImage: the file cannot be decoded (message without the path).
         OSError: the file cannot be read at all.
     """
     key = key or settings_key(config)
-    with open(path, "rb") as handle:
-        data = handle.read()
-    digest = content_hash(data)
+    digest, data = content_digest(path)
     cache_id = f"{key}/{digest}"
     mode = config.data.cache
     if mode == "memory" and cache_id in _MEMORY_CACHE:
@@ -128,7 +144,9 @@ def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarr
             return np.load(disk_path), digest
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
-    array = preprocess_bytes(data, config, name=path)
+    raw, full_scale, spacing = load_raw(path, config, data)
+    raw = fit_to_size(raw, config, spacing)
+    array = finish(raw, full_scale, config)
     if mode == "memory":
         _MEMORY_CACHE[cache_id] = array
     elif disk_path is not None:
@@ -157,9 +175,13 @@ def finish(raw: np.ndarray, full_scale: float, config, normalization: str | None
                      tuple(config.preprocess.percentiles))
 
 
+def cache_root(config) -> Path:
+    """Folder of the disk cache: ``data.cache_dir``, else ``$MEDCLF_CACHE``, else ~/.cache/medclf."""
+    return Path(config.data.cache_dir or os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
+
+
 def _disk_path(config, key: str, digest: str) -> Path:
-    root = Path(config.data.cache_dir or os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
-    return root / key / f"{digest}.npy"
+    return cache_root(config) / key / f"{digest}.npy"
 
 
 def preprocess_all(paths: list[str], config, workers: int = 2):

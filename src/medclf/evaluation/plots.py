@@ -65,3 +65,31 @@ def roc_curves(y_true, probabilities, class_names: list[str], path: str | Path) 
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))
+
+
+def reliability_diagram(calibration: dict, path: str | Path) -> Path:
+    """Reliability diagram: observed frequency against mean confidence per bin (bars), with
+    the diagonal of perfect calibration; after temperature scaling too when fitted."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    width = 1.0 / calibration["bins"]
+    series = [("before", calibration["table"], "tab:blue")]
+    if calibration.get("table_after"):
+        series.append((f"after temperature {calibration['temperature']:.2f}", calibration["table_after"], "tab:orange"))
+    for label, table, color in series:
+        if table:
+            ax.bar([b["low"] for b in table], [b["accuracy"] for b in table], width=width, align="edge",
+                   alpha=0.45, edgecolor=color, color=color, label=label)
+            ax.plot([b["confidence"] for b in table], [b["accuracy"] for b in table], "o-", color=color, ms=3)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    what = "positive-class probability" if calibration["method"] == "positive class" else "confidence (top label)"
+    ax.set_xlabel(what)
+    ax.set_ylabel("observed frequency")
+    title = f"reliability (test): ECE {calibration['ece']:.3f}"
+    if calibration.get("ece_after") is not None:
+        title += f" -> {calibration['ece_after']:.3f}"
+    ax.set_title(title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))

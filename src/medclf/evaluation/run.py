@@ -11,6 +11,7 @@ from .. import rundir
 from ..io import write_csv, write_json
 from ..models import create_model
 from . import plots
+from .clinical import calibration_error, clinical_metrics, tta_views
 from .metrics import classification_metrics
 
 
@@ -32,6 +33,18 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_si
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
 
 
+@torch.no_grad()
+def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: torch.device | None = None
+                ) -> tuple[np.ndarray, int]:
+    """Test-time augmentation: mean softmax probabilities ``(N, num_classes)`` over the views
+    of :func:`~medclf.evaluation.clinical.tta_views` (flip only when the training augmentation
+    flips, shifts of ``eval.tta_shift``). Returns ``(probabilities, number of views)``."""
+    flip = config.augment.enabled and config.augment.flip_prob > 0
+    views = tta_views(images, flip, config.eval.tta_shift)
+    probs = [predict_probabilities(model, v, config.eval.batch_size, device) for v in views]
+    return np.mean(probs, axis=0), len(views)
+
+
 def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.nn.Module:
     """The run's network with the weights of its best (else last) checkpoint, in eval mode.
 
@@ -43,27 +56,72 @@ def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.n
 
 def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndarray,
                      labels: np.ndarray, class_names: list[str], checkpoint: str,
-                     extra: dict | None = None) -> dict:
-    """Write predictions.csv, test_metrics.json, confusion-matrix and ROC plots.
+                     extra: dict | None = None, config=None, val_labels=None, val_probabilities=None,
+                     tta_probabilities=None, tta_views_count: int = 0, drop: np.ndarray | None = None) -> dict:
+    """Write predictions.csv, test_metrics.json, confusion-matrix, ROC and reliability plots.
 
     Args:
         frame: manifest rows of the evaluated images (``path``, ``label``).
         probabilities: float ``(N, num_classes)``.
         labels: int ``(N,)`` true class indices.
+        config: the run's :class:`~medclf.config.Config` (eval settings, seed); None gives
+            the defaults.
+        val_labels, val_probabilities: validation split of the same checkpoint (operating
+            threshold, temperature scaling).
+        tta_probabilities: ``(N, num_classes)`` test-time-augmented probabilities, or None.
+        drop: bool ``(N,)``: test images duplicating training images. Metrics without them
+            are always added; with ``eval.drop_duplicates`` they become the main metrics.
 
     Returns:
         the metrics dict (also in test_metrics.json).
     """
-    metrics = classification_metrics(labels, probabilities, class_names)
+    from ..config import Config
+    config = config or Config()
+    n = len(labels)
+    drop = np.zeros(n, dtype=bool) if drop is None else np.asarray(drop, dtype=bool)
+    keep = ~drop if (config.eval.drop_duplicates and drop.any()) else np.ones(n, dtype=bool)
+
+    def evaluate(mask):
+        return clinical_metrics(labels[mask], probabilities[mask], class_names, config.eval, config.seed,
+                                val_labels, val_probabilities)
+
+    metrics = evaluate(keep)
+    if tta_probabilities is not None:
+        tta = classification_metrics(labels[keep], tta_probabilities[keep], class_names)
+        metrics["tta"] = {"views": tta_views_count, "accuracy": tta["accuracy"],
+                          "balanced_accuracy": tta["balanced_accuracy"], "roc_auc": tta["roc_auc"],
+                          "ece": calibration_error(labels[keep], tta_probabilities[keep],
+                                                   config.eval.calibration_bins)["ece"],
+                          "per_class": tta["per_class"]}
+    if drop.any():
+        other = evaluate(~drop) if not config.eval.drop_duplicates else evaluate(np.ones(n, dtype=bool))
+        summary = {k: other[k] for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "roc_auc_ci",
+                                          "balanced_accuracy_ci")}
+        metrics["duplicates"] = {
+            "n_test_duplicating_train": int(drop.sum()), "dropped": bool(config.eval.drop_duplicates),
+            "paths": [str(p) for p in frame.path.to_numpy()[drop]],
+            ("metrics_with" if config.eval.drop_duplicates else "metrics_without"): summary}
+    else:
+        metrics["duplicates"] = {"n_test_duplicating_train": 0, "dropped": False}
     metrics = {"checkpoint": checkpoint, "class_names": class_names, **metrics, **(extra or {})}
     predictions = pd.DataFrame({"path": frame.path.to_numpy(), "label": frame.label.to_numpy(),
                                 "predicted": [class_names[i] for i in probabilities.argmax(axis=1)]})
     for c, name in enumerate(class_names):
         predictions[f"prob_{name}"] = probabilities[:, c]
+    op = metrics.get("operating_point")
+    if op:
+        pos = class_names.index(op["positive_class"])
+        predictions["predicted_at_threshold"] = [
+            class_names[pos] if p >= op["threshold"] else class_names[1 - pos] for p in probabilities[:, pos]]
+    if tta_probabilities is not None:
+        for c, name in enumerate(class_names):
+            predictions[f"tta_prob_{name}"] = tta_probabilities[:, c]
+    predictions["duplicates_train"] = drop
     write_csv(run_path / rundir.PREDICTIONS, predictions)
     write_json(run_path / rundir.TEST_METRICS, metrics)
     plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_path / "plots" / "confusion_matrix.png")
-    plots.roc_curves(labels, probabilities, class_names, run_path / "plots" / "roc_curves.png")
+    plots.roc_curves(labels[keep], probabilities[keep], class_names, run_path / "plots" / "roc_curves.png")
+    plots.reliability_diagram(metrics["calibration"], run_path / "plots" / "reliability.png")
     if (run_path / rundir.METRICS).exists():
         plots.learning_curves(run_path / rundir.METRICS, run_path / "plots" / "learning_curves.png")
     return metrics

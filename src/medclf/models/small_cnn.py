@@ -26,18 +26,23 @@ class SmallCNN(nn.Module):
         num_classes: output classes.
         filters: output channels of each stage.
         blocks_per_stage: convolution blocks per stage.
-        kernel_size, stride, padding: of the stage convolutions (pixels); ``padding=None``
-            keeps the size for odd kernels.
-        stem_kernel_size, stem_stride: of the first convolution.
+        kernel_size: kernel size of the stage convolutions (pixels).
+        stride: stride of the first convolution of each stage after the first.
+        padding: zero padding of the stage convolutions (pixels); ``None`` keeps the size
+            for odd kernels.
+        stem_kernel_size: kernel size of the first convolution.
+        stem_stride: stride of the first convolution.
+        stem_pool: a 2x max-pool after a strided stem (the stem then shrinks by ``2 * stem_stride``).
         dropout: dropout before the linear classifier.
-        activation, norm: names as in :class:`medclf.config.ModelConfig`.
+        activation: activation name as in :class:`medclf.config.ModelConfig`.
+        norm: normalisation name as in :class:`medclf.config.ModelConfig`.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
                  filters=(32, 64, 128, 256), blocks_per_stage: int = 2, kernel_size: int = 3,
                  stride: int = 2, padding: int | None = None, stem_kernel_size: int = 5,
                  stem_stride: int = 2, dropout: float = 0.2, activation: str = "relu",
-                 norm: str = "batch"):
+                 norm: str = "batch", stem_pool: bool = True):
         super().__init__()
         act, nrm = _ACTS[activation], _NORMS[norm]
 
@@ -45,9 +50,10 @@ class SmallCNN(nn.Module):
             return Convolution(spatial_dims, cin, cout, strides=s, kernel_size=k, act=act,
                                norm=nrm, padding=p, bias=nrm is None)
 
-        layers = [block(in_channels, filters[0], stem_kernel_size, stem_stride),
-                  Pool["MAX", spatial_dims](kernel_size=2)] if stem_stride > 1 else \
-                 [block(in_channels, filters[0], stem_kernel_size, 1)]
+        stem_padding = (stem_kernel_size - 1) // 2  # 'same' for odd kernels; 0 for a patchify stem (k = stride = 2)
+        layers = [block(in_channels, filters[0], stem_kernel_size, stem_stride, stem_padding)]
+        if stem_stride > 1 and stem_pool:
+            layers.append(Pool["MAX", spatial_dims](kernel_size=2))
         channels = filters[0]
         for i, width in enumerate(filters):
             for j in range(blocks_per_stage):
@@ -68,4 +74,4 @@ def small_cnn(cfg, in_channels: int, num_classes: int) -> nn.Module:
                     blocks_per_stage=cfg.blocks_per_stage, kernel_size=cfg.kernel_size,
                     stride=cfg.stride, padding=cfg.padding, stem_kernel_size=cfg.stem_kernel_size,
                     stem_stride=cfg.stem_stride, dropout=cfg.dropout, activation=cfg.activation,
-                    norm=cfg.norm)
+                    norm=cfg.norm, stem_pool=cfg.stem_pool)

@@ -7,26 +7,25 @@ from typing import Callable
 import numpy as np
 
 from ..config import Config, deep_merge, validate
-from ..data.discover import Manifest, discover
+from ..data.discover import Manifest, discover_source
 from ..data.preprocess import preprocess_file
-from ..data.readers import UnreadableImage, read_image
+from ..data.readers import UnreadableImage, fit_to_size, load_raw
 from ..errors import DataError
 from .figure import PreviewResult, Sample, render_preview
 
 
 def read_raw(path: str, config: Config) -> tuple[np.ndarray, float]:
-    """Decode and resize one file without the steps or normalisation.
+    """Decode and resize one item (image, DICOM, NIfTI, npz item) without the steps or normalisation.
 
     Returns:
-        ``(raw, full_scale)``: float32 ``(C, H, W)`` raw intensities and the data type's
-        maximum (the reader of :func:`medclf.data.preprocess.preprocess_file`).
+        ``(raw, full_scale)``: float32 ``(C, H, W)`` or ``(C, D, H, W)`` raw intensities and
+        the data type's maximum (the reader of :func:`medclf.data.preprocess.preprocess_file`).
 
     Raises:
         UnreadableImage, OSError: the file cannot be read.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return read_image(data, tuple(config.data.image_size[-2:]), config.data.in_channels, config.data.max_pixels)
+    raw, full_scale, spacing = load_raw(path, config)
+    return fit_to_size(raw, config, spacing), full_scale
 
 
 def pick_samples(manifest: Manifest, config: Config, per_class: int,
@@ -98,7 +97,7 @@ def preview(data: str | Path, config=None, overrides=None, n: int = 16, out: str
     from ..training.run import user_tree
     tree = user_tree(config, overrides)
     early = validate(tree)
-    manifest = discover(Path(data), early.data.val_fraction, early.data.test_fraction, early.seed)
+    manifest = discover_source(str(data), early.data, early.seed)
     cfg = validate(deep_merge(plan_config(fingerprint(manifest)), deep_merge(tree, {"data": {"source": str(data)}})))
     return preview_manifest(manifest, cfg, out, n, n_augment)
 

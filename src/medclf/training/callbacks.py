@@ -16,10 +16,14 @@ COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
 
 
 class MetricsCSV(L.Callback):
-    """Rewrite ``metrics.csv`` atomically after each epoch: one row per epoch with train and
-    validation loss, accuracy, balanced accuracy, ROC AUC, learning rate and seconds.
+    """Rewrite ``metrics.csv`` atomically after each validation: one row per epoch with train
+    and validation loss, accuracy, balanced accuracy, ROC AUC, learning rate and seconds.
 
-    On resume, rows of epochs after the restored one are dropped and new rows appended.
+    The row of epoch ``e`` is written before the checkpoint of epoch ``e`` (Lightning runs
+    checkpoint callbacks last), and the rows are part of the checkpoint (``state_dict``):
+    on resume the file is rewritten from the restored rows, so epochs that are repeated
+    after a crash appear once. Every column but ``epoch_time_s`` (wall-clock seconds of
+    the epoch, training and validation) is identical between two deterministic runs.
     """
 
     def __init__(self, path: str | Path):
@@ -27,15 +31,24 @@ class MetricsCSV(L.Callback):
         self.rows: list[dict] = []
         self._start = None
 
+    def state_dict(self) -> dict:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = [dict(row) for row in state_dict.get("rows", [])]
+
     def on_train_start(self, trainer, pl_module):
-        if self.path.exists():
-            old = pd.read_csv(self.path)
-            self.rows = old[old.epoch < trainer.current_epoch].to_dict("records")
+        # fresh run: no rows; resumed run: the rows restored from the checkpoint (a row
+        # written after that checkpoint belongs to an epoch that is run again)
+        if self.rows or self.path.exists():
+            write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch}
         for column in COLUMNS[1:-2]:
@@ -43,6 +56,6 @@ class MetricsCSV(L.Callback):
             row[column] = float(value) if value is not None else math.nan
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         row["epoch_time_s"] = round(time.perf_counter() - (self._start or time.perf_counter()), 3)
-        self.rows.append(row)
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero:  # one writer in multi-process (DDP) training
             write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))

@@ -1,0 +1,95 @@
+"""NIfTI reading with nibabel (``.nii``, ``.nii.gz``).
+
+Volumes are reoriented to the closest canonical orientation, RAS+ (array axes point to
+the patient's Right, Anterior, Superior; :func:`nibabel.as_closest_canonical`), so that
+the same anatomy lies along the same array axis whatever the scanner wrote. Voxel
+spacing (mm) comes from the header zooms of the reoriented image; resampling to a target
+spacing uses MONAI's ``Spacing`` transform (:func:`resample_to_spacing`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .readers import UnreadableImage
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _load(path: str):
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    try:
+        return nib.load(path)
+    except (ImageFileError, EOFError, OSError, ValueError) as err:
+        raise UnreadableImage(f"not a readable NIfTI file ({err.__class__.__name__}: {err})") from None
+
+
+def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Read a NIfTI image in RAS+ orientation.
+
+    Trailing singleton axes are dropped, so ``(H, W, 1)`` is a 2D image; a 4D image with
+    one time point is a 3D volume.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        window: optional ``[center, width]`` or preset name, applied to the stored values
+            (scaled by the header's scl_slope/scl_inter), mapping the window to [0, 1].
+
+    Returns:
+        ``(array, spacing, affine)``: float32 ``(X, Y, Z)`` volume (or ``(X, Y)`` image),
+        spacing in mm per array axis, and the 4x4 voxel-to-world affine of the reoriented image.
+
+    Raises:
+        UnreadableImage: unreadable or truncated file, more than one time point or channel,
+            or a window of 'file' (NIfTI has no window of its own).
+    """
+    import nibabel as nib
+    image = _load(path)
+    if len(image.shape) > 3 and int(np.prod(image.shape[3:])) != 1:
+        raise UnreadableImage(f"has shape {tuple(image.shape)}: 4D (time series or multi-channel) images are not supported")
+    try:
+        if len(image.shape) >= 3:
+            image = nib.as_closest_canonical(nib.funcs.squeeze_image(image))
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except (EOFError, OSError, ValueError, Exception) as err:  # noqa: BLE001  (zlib/gzip errors vary)
+        raise UnreadableImage(f"corrupt or truncated NIfTI file ({err.__class__.__name__}: {err})") from None
+    zooms = tuple(float(z) for z in image.header.get_zooms()[: data.ndim])
+    while data.ndim > 2 and data.shape[-1] == 1:
+        data = data[..., 0]
+        zooms = zooms[: data.ndim]
+    if window is not None:
+        if window == "file":
+            raise UnreadableImage("NIfTI files have no window of their own; set preprocess.window to a preset or [center, width]")
+        from .dicom import apply_window, window_bounds
+        data = apply_window(data, *window_bounds(window))
+    return data.astype(np.float32, copy=False), zooms, np.asarray(image.affine)
+
+
+def probe_nifti(path: str) -> dict:
+    """Header facts (no voxel data read): spatial ``shape``, ``spatial_dims`` and ``spacing`` (mm)."""
+    image = _load(path)
+    shape = [int(s) for s in image.shape]
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    zooms = [float(z) for z in image.header.get_zooms()[: len(shape)]]
+    return {"shape": shape[:3], "spatial_dims": 3 if len(shape) >= 3 else 2, "spacing": zooms[:3],
+            "format": "nifti"}
+
+
+def resample_to_spacing(volume: np.ndarray, spacing, target) -> np.ndarray:
+    """Resample ``(C, *spatial)`` from voxel ``spacing`` to ``target`` spacing (mm per axis)
+    with MONAI ``Spacing`` (trilinear/bilinear), which keeps the extent between the first
+    and last voxel centres: ``n_new = (n - 1) * spacing / target + 1`` (rounded). Returns
+    float32 ``(C, *new_spatial)``."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+    dims = volume.ndim - 1
+    target = list(target)[-dims:]
+    affine = np.diag([float(s) for s in list(spacing)[-dims:]] + [1.0] * (4 - dims))
+    tensor = MetaTensor(np.ascontiguousarray(volume, np.float32), affine=affine)
+    out = Spacing(pixdim=target, mode="bilinear", padding_mode="border")(tensor)
+    return np.asarray(out.array if hasattr(out, "array") else out, np.float32)

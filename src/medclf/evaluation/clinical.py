@@ -1,0 +1,222 @@
+"""Clinical evaluation: bootstrap confidence intervals, a validation-chosen operating
+threshold, calibration (ECE, MCE, temperature scaling) and test-time augmentation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from .metrics import classification_metrics
+
+
+def roc_auc(y_true, probabilities) -> float:
+    """ROC AUC: binary AUC of class 1, or one-vs-rest macro; NaN when a class is absent."""
+    y_true = np.asarray(y_true)
+    k = probabilities.shape[1]
+    if len(np.unique(y_true)) < k:
+        return math.nan
+    if k == 2:
+        return float(roc_auc_score(y_true, probabilities[:, 1]))
+    return float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
+def bootstrap_ci(y_true, probabilities, statistic, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap confidence interval (Efron & Tibshirani 1993) of a statistic.
+
+    Args:
+        y_true: int ``(N,)``; probabilities: float ``(N, num_classes)`` (or predictions
+            ``(N,)``), resampled together with replacement.
+        statistic: ``f(y_true, probabilities) -> float``; resamples where it is NaN (a
+            class missing from the resample) are skipped.
+        resamples: number of resamples; 0 gives None.
+        seed: seed of numpy's default generator.
+
+    Returns:
+        ``[low, high]`` or None (no resamples or no finite value).
+    """
+    if resamples <= 0 or len(y_true) == 0:
+        return None
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        value = statistic(y_true[idx], probabilities[idx])
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    alpha = (1 - level) / 2
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+
+
+def _balanced_accuracy(y_true, y_pred) -> float:
+    if len(np.unique(y_true)) < 2:
+        return math.nan
+    return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def choose_threshold(y_true, positive_probability, method="youden", target_sensitivity: float = 0.9) -> float:
+    """Operating threshold on the positive-class probability, chosen on validation data.
+
+    ``'youden'``: the ROC point maximising J = sensitivity + specificity - 1 (Youden 1950);
+    ``'target_sensitivity'``: the highest threshold whose sensitivity reaches the target;
+    a number is returned as given. Thresholds come from scikit-learn's ``roc_curve``; a
+    prediction is positive when its probability is >= the threshold.
+
+    Raises:
+        ConfigError: validation labels of one class only.
+    """
+    if not isinstance(method, str):
+        return float(method)
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        raise ConfigError("eval.threshold: the validation split needs both classes to choose a threshold")
+    fpr, tpr, thresholds = roc_curve(y_true, positive_probability)
+    thresholds = np.minimum(thresholds, 1.0)
+    if method == "youden":
+        best = int(np.argmax(tpr - fpr))
+    elif method == "target_sensitivity":
+        best = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
+    else:
+        raise ConfigError(f"eval.threshold: unknown method {method!r}")
+    return float(thresholds[best])
+
+
+def calibration_error(y_true, probabilities, bins: int = 15) -> dict:
+    """Expected and maximum calibration error with equal-width bins (Naeini et al. 2015).
+
+    Binary ``(N, 2)``: reliability of the positive-class probability against the label
+    (as torchmetrics' ``BinaryCalibrationError``); several classes: top-label confidence
+    against correctness (``MulticlassCalibrationError``). Bin ``b`` holds confidences in
+    ``[b/bins, (b+1)/bins)``, the last bin also 1.0.
+
+    Returns:
+        ``ece`` (sum over bins of share * |accuracy - confidence|), ``mce`` (max over
+        non-empty bins), ``method``, ``bins`` and ``table`` (per bin: ``confidence``,
+        ``accuracy``, ``count``) for the reliability diagram.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape[1] == 2:
+        confidence, correct, method = probabilities[:, 1], (y_true == 1).astype(float), "positive class"
+    else:
+        confidence = probabilities.max(axis=1)
+        correct = (probabilities.argmax(axis=1) == y_true).astype(float)
+        method = "top label"
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
+    table, ece, mce = [], 0.0, 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        if count:
+            gap = abs(correct[members].mean() - confidence[members].mean())
+            ece += count / len(y_true) * gap
+            mce = max(mce, gap)
+            table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                          "confidence": float(confidence[members].mean()),
+                          "accuracy": float(correct[members].mean())})
+    return {"ece": float(ece), "mce": float(mce), "method": method, "bins": bins, "table": table}
+
+
+def apply_temperature(probabilities, temperature: float) -> np.ndarray:
+    """Softmax of ``log(p) / T``: the same as dividing the logits by ``T`` (log-probabilities
+    differ from logits by a per-row constant). Float ``(N, num_classes)``."""
+    log_p = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)) / temperature
+    log_p -= log_p.max(axis=1, keepdims=True)
+    p = np.exp(log_p)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(y_true, probabilities) -> float:
+    """Temperature scaling (Guo et al. 2017, "On calibration of modern neural networks"):
+    the ``T`` in [0.05, 20] minimising the validation negative log-likelihood of
+    ``softmax(logits / T)`` (scipy's bounded scalar minimiser on log T)."""
+    y_true = np.asarray(y_true)
+
+    def nll(log_t):
+        p = apply_temperature(probabilities, math.exp(log_t))
+        return -np.log(np.clip(p[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean()
+
+    result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(result.x))
+
+
+def tta_views(images: torch.Tensor, flip: bool, shift: float) -> list[torch.Tensor]:
+    """Deterministic test-time views of images ``(N, C, *spatial)``: the originals, a
+    left-right flip (when ``flip``) and four shifts by ``shift`` of the image size (edge
+    pixels repeated), along the last two axes."""
+    views = [images]
+    if flip:
+        views.append(torch.flip(images, dims=[-1]))
+    h, w = images.shape[-2:]
+    dy, dx = int(round(shift * h)), int(round(shift * w))
+    if dy or dx:
+        flat = images.reshape(-1, 1, *images.shape[-2:]) if images.ndim == 5 else images
+        for sy, sx in ((dy, 0), (-dy, 0), (0, dx), (0, -dx)):
+            if not (sy or sx):
+                continue
+            pad = (abs(sx), abs(sx), abs(sy), abs(sy))  # left, right, top, bottom
+            padded = F.pad(flat, pad, mode="replicate")
+            top, left = abs(sy) - sy, abs(sx) - sx  # content moves by (+sy, +sx)
+            shifted = padded[..., top:top + h, left:left + w]
+            views.append(shifted.reshape(images.shape))
+    return views
+
+
+def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, seed: int = 0,
+                     val_labels=None, val_probabilities=None) -> dict:
+    """Everything a clinician asks of a test evaluation, in one dict.
+
+    Args:
+        y_true: int ``(N,)``; probabilities: float ``(N, num_classes)`` on the test split.
+        eval_cfg: the ``eval`` config section (bootstrap, threshold, calibration, ...).
+        val_labels, val_probabilities: the validation split's labels and probabilities from
+            the same checkpoint; needed for the operating threshold and temperature scaling.
+
+    Returns:
+        :func:`~medclf.evaluation.metrics.classification_metrics` at 0.5 / argmax, plus
+        ``roc_auc_ci``, ``balanced_accuracy_ci``, ``bootstrap``, ``calibration`` and, for
+        binary tasks with validation predictions, ``operating_point``.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    metrics = classification_metrics(y_true, probabilities, class_names)
+    n_boot = eval_cfg.bootstrap
+    metrics["roc_auc_ci"] = bootstrap_ci(y_true, probabilities, roc_auc, n_boot, seed)
+    metrics["balanced_accuracy_ci"] = bootstrap_ci(
+        y_true, probabilities.argmax(axis=1), _balanced_accuracy, n_boot, seed)
+    metrics["bootstrap"] = {"resamples": n_boot, "seed": seed, "level": 0.95, "method": "percentile"}
+    calibration = calibration_error(y_true, probabilities, eval_cfg.calibration_bins)
+    calibration["temperature"] = None
+    have_val = val_probabilities is not None and len(val_probabilities) > 0
+    if eval_cfg.temperature_scaling and have_val:
+        t = fit_temperature(val_labels, val_probabilities)
+        after = calibration_error(y_true, apply_temperature(probabilities, t), eval_cfg.calibration_bins)
+        calibration.update(temperature=t, ece_after=after["ece"], mce_after=after["mce"],
+                           table_after=after["table"])
+    metrics["calibration"] = calibration
+    if len(class_names) == 2 and have_val:
+        pos = class_names.index(eval_cfg.positive_class) if eval_cfg.positive_class else 1
+        if eval_cfg.positive_class and eval_cfg.positive_class not in class_names:
+            raise ConfigError(f"eval.positive_class: {eval_cfg.positive_class!r} is not one of {class_names}")
+        threshold = choose_threshold(np.asarray(val_labels) == pos, np.asarray(val_probabilities)[:, pos],
+                                     eval_cfg.threshold, eval_cfg.target_sensitivity)
+        y_pred = np.where(probabilities[:, pos] >= threshold, pos, 1 - pos)
+        op = classification_metrics(y_true, probabilities, class_names, y_pred=y_pred)
+        op.pop("classification_report", None)
+        op.pop("roc_auc_per_class", None)
+        op["balanced_accuracy_ci"] = bootstrap_ci(y_true, y_pred, _balanced_accuracy, n_boot, seed)
+        op.update(threshold=threshold, positive_class=class_names[pos],
+                  method=eval_cfg.threshold if isinstance(eval_cfg.threshold, str) else "fixed",
+                  chosen_on="val")
+        metrics["operating_point"] = op
+    return metrics

@@ -1,0 +1,206 @@
+"""``medclf inspect DATA``: what is in a dataset, and does its test split leak?
+
+Per file it records format, size, channels (Pillow mode), bit depth and intensity range;
+over the dataset: counts per split and class, the class imbalance ratio, exact and near
+duplicates (see :mod:`medclf.inspect.duplicates`) within and across splits, and every
+unreadable file (listed, never fatal).
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..data.discover import Manifest, discover
+from ..data.preprocess import content_hash
+from .duplicates import (MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups,
+                         near_duplicate_pairs, thumbnail)
+
+BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
+             "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3,
+            "RGBA": 4, "CMYK": 4}
+
+
+def scan_file(path: str, decode: bool = True, max_pixels: int = 100_000_000) -> dict:
+    """Facts about one image file; never raises.
+
+    Returns:
+        dict with ``sha`` (content hash), ``format``, ``size`` ``[H, W]`` pixels, ``mode``,
+        ``channels``, ``bit_depth``; with ``decode`` also ``min``/``max`` intensity and
+        ``thumb`` (32x32 float32 array). An unreadable file gives ``{"error": reason}``.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return {"error": f"cannot read file ({err.strerror or err})"}
+    if not data:
+        return {"error": "empty file (0 bytes)"}
+    info: dict = {"sha": content_hash(data)}
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            return {"error": f"{width}x{height} pixels exceeds {max_pixels}"}
+        info.update(format=image.format, size=[height, width], mode=image.mode,
+                    channels=CHANNELS.get(image.mode.split(";")[0], len(image.getbands())),
+                    bit_depth=BIT_DEPTH.get(image.mode, 8))
+        if decode:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            array = np.asarray(image)
+            info.update(min=float(array.min()), max=float(array.max()))
+            gray = np.asarray(image.convert("F") if image.mode.startswith("I") else image.convert("L"),
+                              dtype=np.float32)
+            info["thumb"] = thumbnail(gray)
+    except Exception as err:  # noqa: BLE001  (any decoder failure is a bad file, listed)
+        return {"error": f"not a readable image ({err.__class__.__name__}: {err})"}
+    return info
+
+
+def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: int = 2,
+                     min_correlation: float = MIN_CORRELATION,
+                     max_hash_distance: int = MAX_HASH_DISTANCE) -> dict:
+    """Inspect the images of a manifest.
+
+    Args:
+        manifest: ``frame`` with ``path``, ``label``, ``split`` (and optionally ``sha``).
+        decoded: ``{path: array (C, H, W)}`` of already preprocessed images (training
+            reuses them: no pixel is decoded again, intensity ranges are then omitted).
+        workers: threads decoding files.
+
+    Returns:
+        the JSON-ready inspection (see ``medclf inspect --help``): ``counts``,
+        ``imbalance_ratio``, ``sizes``, ``channels``, ``bit_depths``, ``formats``,
+        ``intensity_range``, ``unreadable``, ``exact_duplicates``, ``near_duplicates``,
+        ``leaks`` (val/test paths duplicating a train image, and test duplicating val).
+    """
+    frame = manifest.frame.reset_index(drop=True)
+    paths = list(frame.path)
+    decode = decoded is None
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        infos = list(pool.map(lambda p: scan_file(p, decode=decode), paths))
+    if decoded is not None:
+        for path, info in zip(paths, infos):
+            if path in decoded and "error" not in info:
+                info["thumb"] = thumbnail(decoded[path])
+    good = [i for i, info in enumerate(infos) if "error" not in info]
+    unreadable = [{"path": paths[i], "split": frame.split[i], "reason": infos[i]["error"]}
+                  for i in range(len(paths)) if "error" in infos[i]]
+    split, label = frame.split.to_numpy(), frame.label.to_numpy()
+
+    counts = {s: {c: int(((split == s) & (label == c)).sum()) for c in manifest.class_names}
+              for s in ("train", "val", "test") if (split == s).any()}
+    train_counts = [n for n in counts.get("train", {}).values()]
+    sizes = np.array([infos[i]["size"] for i in good]) if good else np.zeros((0, 2))
+    result = {
+        "n_files": len(paths), "n_readable": len(good), "class_names": manifest.class_names,
+        "counts": counts,
+        "imbalance_ratio": (round(max(train_counts) / min(train_counts), 3)
+                            if train_counts and min(train_counts) else None),
+        "sizes": ({"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).astype(int).tolist(),
+                   "max": sizes.max(0).tolist(), "distinct": len({tuple(s) for s in sizes})}
+                  if len(sizes) else None),
+        "formats": dict(Counter(infos[i]["format"] for i in good)),
+        "modes": dict(Counter(infos[i]["mode"] for i in good)),
+        "channels": dict(Counter(str(infos[i]["channels"]) for i in good)),
+        "bit_depths": dict(Counter(str(infos[i]["bit_depth"]) for i in good)),
+        "intensity_range": ([min(infos[i]["min"] for i in good), max(infos[i]["max"] for i in good)]
+                            if decode and good else None),
+        "unreadable": unreadable,
+    }
+
+    def entry(i):
+        return {"path": paths[i], "split": str(split[i]), "label": str(label[i])}
+
+    hashes = [infos[i].get("sha") if i in set(good) else None for i in range(len(paths))]
+    groups = exact_duplicate_groups(hashes)
+    exact = [{"files": [entry(i) for i in g], "cross_split": len({split[i] for i in g}) > 1,
+              "conflicting_labels": len({label[i] for i in g}) > 1} for g in groups]
+    exact_pairs = {(a, b) for g in groups for a in g for b in g if a < b}
+    with_thumb = [i for i in good if "thumb" in infos[i]]
+    near = []
+    if len(with_thumb) > 1:
+        thumbs = np.stack([infos[i]["thumb"] for i in with_thumb])
+        local = {i: k for k, i in enumerate(with_thumb)}
+        excl = {(local[a], local[b]) for a, b in exact_pairs if a in local and b in local}
+        for a, b, corr, dist in near_duplicate_pairs(thumbs, excl, min_correlation, max_hash_distance):
+            i, j = with_thumb[a], with_thumb[b]
+            near.append({"files": [entry(i), entry(j)], "correlation": round(corr, 5),
+                         "hash_distance": dist, "cross_split": split[i] != split[j],
+                         "conflicting_labels": label[i] != label[j]})
+    result["exact_duplicates"] = exact
+    result["near_duplicates"] = near
+    result["near_duplicate_rule"] = {"min_correlation": min_correlation, "max_hash_distance": max_hash_distance,
+                                     "thumbnail": 32}
+    # leaks: a val/test image with an exact or near copy in an earlier split
+    pairs = [(a, b, "exact") for a, b in exact_pairs] + \
+            [(paths.index(n["files"][0]["path"]), paths.index(n["files"][1]["path"]), "near") for n in near]
+    order = {"train": 0, "val": 1, "test": 2}
+    leaks: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
+    for a, b, kind in pairs:
+        if split[a] == split[b]:
+            continue
+        later, earlier = (a, b) if order[split[a]] > order[split[b]] else (b, a)
+        record = leaks[str(split[later])].setdefault(paths[later], {"path": paths[later], "duplicates": []})
+        record["duplicates"].append({"path": paths[earlier], "split": str(split[earlier]), "kind": kind})
+    result["leaks"] = {s: sorted(v.values(), key=lambda r: r["path"]) for s, v in leaks.items()}
+    result["n_exact_duplicate_groups"] = len(exact)
+    result["n_near_duplicate_pairs"] = len(near)
+    result["n_val_leaked"] = len(result["leaks"]["val"])
+    result["n_test_leaked"] = len(result["leaks"]["test"])
+    return result
+
+
+def inspect_dataset(data: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                    seed: int = 42) -> dict:
+    """Discover a class-per-folder dataset (same splits as ``train``) and inspect it.
+
+    Raises:
+        DataError: the folder is not a dataset (see :func:`medclf.data.discover.discover`).
+    """
+    manifest = discover(data, val_fraction, test_fraction, seed)
+    result = inspect_manifest(manifest)
+    result["data"] = str(data)
+    result["ignored_files"] = manifest.ignored
+    return result
+
+
+def leaked_paths(inspection: dict, split: str, against: tuple[str, ...] = ("train",)) -> set[str]:
+    """Paths of ``split`` that duplicate (exactly or nearly) an image of a split in ``against``."""
+    return {r["path"] for r in inspection["leaks"].get(split, [])
+            if any(d["split"] in against for d in r["duplicates"])}
+
+
+def summary_lines(result: dict) -> list[str]:
+    """A short human-readable summary of an inspection."""
+    lines = [f"files: {result['n_files']}  readable: {result['n_readable']}  "
+             f"unreadable: {len(result['unreadable'])}"]
+    for split, counts in result["counts"].items():
+        lines.append(f"  {split:<6}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    lines.append(f"class imbalance (train, largest/smallest): {result['imbalance_ratio']}")
+    if result["sizes"]:
+        lines.append(f"sizes [H, W]: min {result['sizes']['min']} median {result['sizes']['median']} "
+                     f"max {result['sizes']['max']}")
+    lines.append(f"formats: {result['formats']}  modes: {result['modes']}  bit depths: {result['bit_depths']}")
+    if result["intensity_range"]:
+        lines.append(f"intensity range: {result['intensity_range']}")
+    for bad in result["unreadable"]:
+        lines.append(f"UNREADABLE {bad['path']}: {bad['reason']}")
+    lines.append(f"exact duplicate groups: {result['n_exact_duplicate_groups']}  "
+                 f"near duplicate pairs: {result['n_near_duplicate_pairs']}")
+    for group in result["exact_duplicates"]:
+        lines.append("  exact: " + " == ".join(f"[{f['split']}] {f['path']}" for f in group["files"]))
+    for pair in result["near_duplicates"]:
+        a, b = pair["files"]
+        lines.append(f"  near (r={pair['correlation']:.3f}): [{a['split']}] {a['path']} ~ [{b['split']}] {b['path']}")
+    for split in ("val", "test"):
+        leaked = result["leaks"][split]
+        if leaked:
+            lines.append(f"WARNING: {len(leaked)} {split} image(s) duplicate training"
+                         f"{' or validation' if split == 'test' else ''} images (leakage)")
+    return lines

@@ -1,0 +1,1 @@
+"""Helpers for medclf's own tests: fault injection and a corpus of awkward image files."""

@@ -1,0 +1,123 @@
+"""Clinical metrics against independent computations (scikit-learn, scipy, torchmetrics)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import bootstrap
+from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
+from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
+
+from medclf.config import EvalConfig
+from medclf.evaluation.clinical import (apply_temperature, bootstrap_ci, calibration_error, choose_threshold,
+                                        clinical_metrics, fit_temperature, roc_auc, tta_views)
+
+
+def fixed_binary(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    p1 = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.001, 0.999)
+    return y, np.stack([1 - p1, p1], axis=1)
+
+
+def fixed_multiclass(n=240, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    p = np.exp(logits)
+    return y, p / p.sum(1, keepdims=True)
+
+
+def test_per_class_sensitivity_specificity_ppv_npv_match_sklearn():
+    y, p = fixed_multiclass()
+    m = clinical_metrics(y, p, ["a", "b", "c"], EvalConfig(bootstrap=0))
+    pred = p.argmax(1)
+    for c, name in enumerate("abc"):
+        truth, guess = y == c, pred == c
+        assert m["per_class"][name]["sensitivity"] == pytest.approx(recall_score(truth, guess))
+        assert m["per_class"][name]["specificity"] == pytest.approx(recall_score(~truth, ~guess))
+        assert m["per_class"][name]["ppv"] == pytest.approx(precision_score(truth, guess))
+        assert m["per_class"][name]["npv"] == pytest.approx(precision_score(~truth, ~guess))
+
+
+def test_operating_point_metrics_at_the_threshold_match_sklearn():
+    y_val, p_val = fixed_binary(seed=2)
+    y, p = fixed_binary(seed=3)
+    m = clinical_metrics(y, p, ["neg", "pos"], EvalConfig(bootstrap=0), val_labels=y_val, val_probabilities=p_val)
+    op = m["operating_point"]
+    t = op["threshold"]
+    pred = (p[:, 1] >= t).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert op["per_class"]["pos"]["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert op["per_class"]["pos"]["specificity"] == pytest.approx(tn / (tn + fp))
+    assert op["per_class"]["pos"]["ppv"] == pytest.approx(tp / (tp + fp))
+    assert op["per_class"]["pos"]["npv"] == pytest.approx(tn / (tn + fn))
+    assert op["per_class"]["neg"]["sensitivity"] == pytest.approx(tn / (tn + fp))
+    # Youden's J: no candidate threshold does better on the validation split
+    def j(thr):
+        q = p_val[:, 1] >= thr
+        return q[y_val == 1].mean() + (~q)[y_val == 0].mean() - 1
+    assert j(t) == pytest.approx(max(j(c) for c in np.unique(p_val[:, 1])))
+
+
+def test_target_sensitivity_threshold_reaches_the_target_on_validation():
+    y, p = fixed_binary(seed=4)
+    t = choose_threshold(y, p[:, 1], "target_sensitivity", 0.95)
+    assert (p[y == 1, 1] >= t).mean() >= 0.95
+    higher = np.unique(p[:, 1])[np.unique(p[:, 1]) > t]
+    assert higher.size == 0 or (p[y == 1, 1] >= higher.min()).mean() < 0.95
+    assert choose_threshold(y, p[:, 1], 0.3) == 0.3
+
+
+def test_bootstrap_ci_agrees_with_scipy():
+    y, p = fixed_binary(n=400, seed=5)
+    ours = bootstrap_ci(y, p, roc_auc, resamples=1000, seed=0)
+    ref = bootstrap((y, p[:, 1]), lambda a, b: roc_auc_score(a, b), paired=True, vectorized=False,
+                    n_resamples=1000, method="percentile", random_state=1).confidence_interval
+    assert ours[0] == pytest.approx(ref.low, abs=0.015)
+    assert ours[1] == pytest.approx(ref.high, abs=0.015)
+    assert ours[0] < roc_auc(y, p) < ours[1]
+    assert bootstrap_ci(y, p, roc_auc, resamples=1000, seed=0) == ours  # seeded
+    narrow = bootstrap_ci(*fixed_binary(n=4000, seed=6), roc_auc, resamples=300, seed=0)
+    assert narrow[1] - narrow[0] < ours[1] - ours[0]
+
+
+def test_ece_and_mce_match_torchmetrics():
+    y, p = fixed_binary(seed=7)
+    ours = calibration_error(y, p, bins=15)
+    for norm, key in (("l1", "ece"), ("max", "mce")):
+        ref = BinaryCalibrationError(n_bins=15, norm=norm)(torch.tensor(p[:, 1]), torch.tensor(y))
+        assert ours[key] == pytest.approx(float(ref), abs=1e-6)
+    y, p = fixed_multiclass(seed=8)
+    ours = calibration_error(y, p, bins=10)
+    for norm, key in (("l1", "ece"), ("max", "mce")):
+        ref = MulticlassCalibrationError(num_classes=3, n_bins=10, norm=norm)(torch.tensor(p), torch.tensor(y))
+        assert ours[key] == pytest.approx(float(ref), abs=1e-6)
+    assert sum(b["count"] for b in ours["table"]) == len(y)
+
+
+def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
+    rng = np.random.default_rng(9)
+    n, k = 3000, 3
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.2 * np.eye(k)[y]
+    calibrated = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in calibrated])  # labels drawn from the probabilities
+    overconfident = apply_temperature(calibrated, 1 / 2.5)  # logits multiplied by 2.5
+    t = fit_temperature(y[:1500], overconfident[:1500])
+    assert t == pytest.approx(2.5, rel=0.15)
+    before = calibration_error(y[1500:], overconfident[1500:])["ece"]
+    after = calibration_error(y[1500:], apply_temperature(overconfident[1500:], t))["ece"]
+    assert after < before / 2
+    assert (apply_temperature(overconfident, t).argmax(1) == overconfident.argmax(1)).all()
+
+
+def test_tta_views_shift_and_flip_2d_and_3d():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    views = tta_views(x, flip=True, shift=0.25)
+    assert len(views) == 6
+    assert torch.equal(views[1], x.flip(-1))
+    assert torch.equal(views[2][..., 2:, :], x[..., :-2, :])  # moved down by 2, edge repeated
+    assert torch.equal(views[2][..., 0, :], x[..., 0, :])
+    volume = torch.rand(1, 1, 4, 8, 8)
+    assert all(v.shape == volume.shape for v in tta_views(volume, flip=False, shift=0.25))

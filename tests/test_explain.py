@@ -1,0 +1,155 @@
+"""Grad-CAM localisation in 2D and 3D, target layers, and `medclf explain` on a run."""
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from medclf.cli import main
+from medclf.config import Config
+from medclf.explain import Explainer, explain_image, find_target_layer, saliency
+
+from blobs import blob_images, iou, train_blob_model
+
+# (spatial_dims, size, blob radius, training images, epochs)
+SETTINGS = {2: (2, 32, 4, 128, 5), 3: (3, 16, 3, 80, 5)}
+
+
+@functools.lru_cache(maxsize=None)
+def trained(dims: int):
+    """``(dims, size, radius, model)``: a model trained once per test session."""
+    _, size, radius, n, epochs = SETTINGS[dims]
+    return dims, size, radius, train_blob_model(dims, size, radius, n, epochs)
+
+
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def blob_model(request):
+    return trained(request.param)
+
+
+def test_gradcam_localises_the_blob(blob_model):
+    dims, size, radius, model = blob_model
+    images, labels, masks = blob_images(60, dims, size, radius, seed=1)
+    with torch.no_grad():
+        accuracy = float((model(images).argmax(1) == labels).float().mean())
+    assert accuracy >= 0.9, "the tiny model did not learn the blob"
+    chosen = np.flatnonzero(labels.numpy() == 1)[:20]
+    assert len(chosen) == 20
+    heatmaps = saliency(model, images[chosen], 1, "gradcam")
+    assert heatmaps.shape == (20, *[size] * dims)
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+    scores = [iou(h, m, threshold=0.6) for h, m in zip(heatmaps, masks[chosen])]
+    assert np.mean(scores) >= 0.5, f"mean IoU {np.mean(scores):.3f} (per image: {np.round(scores, 2)})"
+    # a heatmap is not the blob everywhere: random positions give a low IoU
+    shuffled = [iou(h, m) for h, m in zip(heatmaps, np.roll(masks[chosen], 1, axis=0))]
+    assert np.mean(shuffled) < 0.3
+
+
+def test_gradcampp_and_occlusion_peak_on_the_blob(blob_model):
+    dims, size, radius, model = blob_model
+    images, labels, masks = blob_images(8, dims, size, radius, seed=2)
+    chosen = np.flatnonzero(labels.numpy() == 1)[:3]
+    # occlusion runs the model once per box position: in 3D that is too slow for a unit test
+    for method in ("gradcampp", "occlusion") if dims == 2 else ("gradcampp",):
+        heatmaps = saliency(model, images[chosen], 1, method)
+        for heat, mask in zip(heatmaps, masks[chosen]):
+            peak = np.unravel_index(np.argmax(heat), heat.shape)
+            distance = np.linalg.norm(np.array(peak) - np.argwhere(mask).mean(axis=0))
+            assert distance <= 2 * radius, f"{method}: maximum {peak} is {distance:.1f} from the blob"
+
+
+def test_volume_explanation_writes_three_slices_and_aligned_nifti(tmp_path):
+    dims, size, radius, model = trained(3)
+    import nibabel as nib
+    from PIL import Image
+    from medclf.explain.explain import write_heatmap_nifti
+    images, labels, masks = blob_images(2, 3, size, radius, seed=3)
+    volume = (images[1, 0].numpy() * 1000).astype(np.int16)  # a raw CT-like volume
+    volume = np.repeat(volume, 2, axis=2)  # anisotropic: (16, 16, 32) before resizing
+    affine = np.diag([0.8, 0.8, 0.4, 1.0])
+    path = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), str(path))
+    cfg = Config.model_validate({"model": {"spatial_dims": 3}, "data": {"image_size": [size] * 3},
+                                 "preprocess": {"normalization": "minmax"}})
+    result = Explainer(model, cfg, ["empty", "blob"]).explain(path, "blob")
+    assert result.heatmap.shape == (size,) * 3
+    figure = Image.open(__import__("io").BytesIO(result.png))
+    assert figure.height > figure.width * 0.8  # three rows: axial, coronal, sagittal
+    saved = nib.load(str(write_heatmap_nifti(result, tmp_path / "heat.nii.gz")))
+    assert saved.shape == volume.shape
+    np.testing.assert_allclose(saved.affine, affine)
+    heat = np.asarray(saved.dataobj)
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    centre = np.argwhere(np.repeat(masks[1], 2, axis=2)).mean(axis=0)
+    assert abs(peak[0] - centre[0]) <= 2 * radius and abs(peak[2] - centre[2]) <= 4 * radius
+
+
+def test_target_layer_is_the_last_convolutional_block():
+    from monai.networks.nets import DenseNet121, resnet18
+    from medclf.models.small_cnn import SmallCNN
+    assert find_target_layer(SmallCNN(2, 1, 2, filters=[8, 16]), torch.zeros(1, 1, 32, 32)) == "features"
+    assert find_target_layer(resnet18(spatial_dims=2, n_input_channels=1, num_classes=2),
+                             torch.zeros(1, 1, 32, 32)) == "layer4"
+    assert find_target_layer(DenseNet121(spatial_dims=2, in_channels=1, out_channels=2),
+                             torch.zeros(1, 1, 32, 32)) == "features"
+    assert find_target_layer(SmallCNN(3, 1, 2, filters=[4]), torch.zeros(1, 1, 8, 8, 8)) == "features"
+
+
+def test_explain_image_on_a_run(tiny_run):
+    image = next((tiny_run.parent.parent / "data" / "test" / "disk").glob("*.png"))
+    probabilities, heatmap, png = explain_image(tiny_run, image)
+    assert set(probabilities) == {"bar", "disk"}
+    assert abs(sum(probabilities.values()) - 1) < 1e-5
+    assert heatmap.shape == (32, 32) and 0 <= heatmap.min() and heatmap.max() <= 1
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    result = explain_image(tiny_run, np.asarray(__import__("PIL.Image").Image.open(image)),
+                           class_name="bar", method="gradcampp", target_layer="features.2")
+    assert result.class_name == "bar" and result.heatmap.shape == (32, 32)
+
+
+def test_explain_command_writes_figures(tiny_run, tmp_path, capsys):
+    images = sorted((tiny_run.parent.parent / "data" / "test").glob("*/*.png"))[:2]
+    out = tmp_path / "explained"
+    code = main(["explain", str(tiny_run), *map(str, images), "--out", str(out), "--class", "disk"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    pngs = sorted(out.glob("*_gradcam.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+    assert "gradcam for disk" in printed and str(out) in printed
+
+
+def test_explain_errors_are_clear(tiny_run, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    image = next((tiny_run.parent.parent / "data" / "test" / "disk").glob("*.png"))
+    code = main(["explain", str(tiny_run), str(text), str(image)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "notes.png" in err and "not a readable image" in err
+    code = main(["explain", str(tiny_run), str(image), "--class", "Pneumonia"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "'Pneumonia' is not a class of this run" in err and "bar, disk" in err
+    code = main(["explain", str(tiny_run), str(tmp_path / "missing.png")])
+    assert code == 2 and "file not found" in capsys.readouterr().err
+    with pytest.raises(Exception, match="unknown target layer 'nope'"):
+        explain_image(tiny_run, image, target_layer="nope")
+
+
+def test_gallery_of_most_confident_correct_and_wrong(tiny_run):
+    import pandas as pd
+    from medclf.explain.gallery import select_gallery
+    gallery = pd.read_csv(tiny_run / "plots" / "gallery" / "gallery.csv")
+    predictions = pd.read_csv(tiny_run / "predictions.csv")
+    n_wrong = int((predictions.label != predictions.predicted).sum())
+    assert len(gallery) == min(4, len(predictions) - n_wrong) + min(4, n_wrong)
+    for kind, rows in gallery.groupby("kind"):
+        assert ((rows.label == rows.predicted) == (kind == "correct")).all()
+        assert list(rows.confidence) == sorted(rows.confidence, reverse=True)
+        assert all((tiny_run / "plots" / "gallery" / png).stat().st_size > 3000 for png in rows.png)
+    frame = pd.DataFrame({"path": list("abcde"), "label": ["x", "x", "y", "y", "x"],
+                          "predicted": ["x", "y", "y", "x", "y"],
+                          "prob_x": [0.6, 0.1, 0.3, 0.95, 0.2], "prob_y": [0.4, 0.9, 0.7, 0.05, 0.8]})
+    chosen = select_gallery(frame, ["x", "y"], k=2)
+    assert list(chosen.path) == ["c", "a", "d", "b"]  # correct by confidence, then top losses
+    assert list(chosen["rank"]) == [1, 2, 1, 2]

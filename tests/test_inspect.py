@@ -1,0 +1,120 @@
+"""medclf inspect on generated data: planted exact and near duplicates, unreadable files."""
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+from scipy.ndimage import gaussian_filter
+
+from medclf.cli import main
+from medclf.inspect import inspect_dataset
+from medclf.inspect.duplicates import near_duplicate_pairs, thumbnail
+
+from conftest import SHARED_DATA
+
+
+def xray_like(rng, size=64):
+    """Distinct images sharing a common layout (bright body, two dark 'lungs'), each with
+    its own random anatomy: alike at low resolution, yet genuinely different images."""
+    yy, xx = np.mgrid[:size, :size] / size
+    body = np.exp(-((xx - 0.5) ** 2) / 0.08)
+    lungs = np.exp(-(((xx - 0.3) ** 2) + (yy - 0.45) ** 2) / 0.02) + np.exp(-(((xx - 0.7) ** 2) + (yy - 0.45) ** 2) / 0.02)
+    texture = gaussian_filter(rng.normal(size=(size, size)), 3)
+    image = 0.5 * body - 0.4 * lungs + 2.5 * texture
+    image = (image - image.min()) / (image.max() - image.min())
+    return (image * 255).astype(np.uint8)
+
+
+def build(root, rng, per_class=8):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(xray_like(rng)).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def planted(tmp_path):
+    root = tmp_path / "planted"
+    build(root, np.random.default_rng(3))
+    # exact copy of a training image in test (same class), and in another train class
+    shutil.copy(root / "train/a/0.png", root / "test/a/exact_copy.png")
+    shutil.copy(root / "train/b/1.png", root / "train/a/exact_copy_b1.png")
+    # near copies: resized + JPEG re-encoded; brightness/contrast changed; noise added
+    Image.open(root / "train/a/2.png").resize((48, 48), Image.Resampling.BICUBIC).save(
+        root / "test/a/resized.jpg", quality=75)
+    ImageEnhance.Contrast(ImageEnhance.Brightness(Image.open(root / "train/b/3.png")).enhance(1.2)).enhance(0.8).save(
+        root / "test/b/brighter.png")
+    noisy = np.asarray(Image.open(root / "test/b/4.png"), dtype=float) + np.random.default_rng(0).normal(0, 6, (64, 64))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(root / "train/b/noisy_test_b4.png")
+    return root
+
+
+def test_planted_duplicates_are_all_found_and_nothing_else(planted):
+    result = inspect_dataset(planted)
+    exact = {frozenset(f["path"].split("planted/")[1] for f in g["files"]) for g in result["exact_duplicates"]}
+    assert exact == {frozenset({"train/a/0.png", "test/a/exact_copy.png"}),
+                     frozenset({"train/b/1.png", "train/a/exact_copy_b1.png"})}
+    near = {frozenset(f["path"].split("planted/")[1] for f in p["files"]) for p in result["near_duplicates"]}
+    assert near == {frozenset({"train/a/2.png", "test/a/resized.jpg"}),
+                    frozenset({"train/b/3.png", "test/b/brighter.png"}),
+                    frozenset({"test/b/4.png", "train/b/noisy_test_b4.png"})}
+    conflicting = [g for g in result["exact_duplicates"] if g["conflicting_labels"]]
+    assert len(conflicting) == 1
+    leaked = {r["path"].split("planted/")[1] for r in result["leaks"]["test"]}
+    # test images duplicating train (train/val carve-out may move a source image to val)
+    assert leaked == {"test/a/exact_copy.png", "test/a/resized.jpg", "test/b/brighter.png", "test/b/4.png"}
+    assert result["counts"]["test"] == {"a": 10, "b": 9}
+    assert result["formats"] == {"PNG": 36, "JPEG": 1}
+    assert result["intensity_range"] == [0.0, 255.0]
+    assert result["unreadable"] == []
+
+
+def test_distinct_lookalike_images_give_no_pair():
+    rng = np.random.default_rng(11)
+    images = [xray_like(rng) for _ in range(300)]
+    thumbs = np.stack([thumbnail(i) for i in images])
+    z = thumbs.reshape(300, -1) - thumbs.reshape(300, -1).mean(1, keepdims=True)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    corr = z @ z.T
+    np.fill_diagonal(corr, 0)
+    assert corr.max() > 0.5  # they do look alike
+    assert near_duplicate_pairs(thumbs) == []
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "medmnist/pneumoniamnist_reduced.npz").exists(), reason="real data missing")
+def test_real_xrays_reencoded_copies_found_without_false_pairs():
+    data = np.load(SHARED_DATA / "medmnist/pneumoniamnist_reduced.npz")
+    images = data["test_images"][:400]
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    images = images[np.sort(first)]  # distinct images only
+    copies = []
+    for k in range(0, 100, 10):  # re-encode ten of them: upsampled, JPEG
+        buffer = io.BytesIO()
+        Image.fromarray(images[k]).resize((56, 56), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=70)
+        copies.append(np.asarray(Image.open(buffer)))
+    thumbs = np.stack([thumbnail(i) for i in list(images) + copies])
+    n = len(images)
+    found = {(i, j) for i, j, _, _ in near_duplicate_pairs(thumbs)}
+    assert found == {(k, n + c) for c, k in enumerate(range(0, 100, 10))}
+
+
+def test_unreadable_files_are_listed_not_fatal(planted, tmp_path, capsys):
+    folder = planted / "train" / "a"
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    data = (folder / "1.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "inspection.json"
+    assert main(["inspect", str(planted), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    bad = {b["path"].rsplit("/", 1)[1]: b["reason"] for b in result["unreadable"]}
+    assert set(bad) == {"empty.png", "text.jpg", "truncated.png"}
+    assert "empty" in bad["empty.png"]
+    assert result["n_readable"] == result["n_files"] - 3 == 37
+    assert printed.count("UNREADABLE") == 3
+    assert len(result["exact_duplicates"]) == 2  # the rest was still inspected
