@@ -285,7 +285,9 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
 
     Args:
         data: dataset folder, as for ``medclf train``.
-        config, overrides: settings as for ``medclf train`` (the planned defaults fill the rest).
+        config: settings as for ``medclf train`` (YAML path, dict or Config; the planned
+            defaults fill the rest).
+        overrides: ``--set`` style ``key=value`` overrides applied on top of ``config``.
         out: folder receiving ``<data>-sanity-<time>/`` with sanity.json and plots (None: no files).
         per_class: training images per class in the subset.
         max_steps: step budget of the overfit check.

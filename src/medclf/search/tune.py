@@ -222,7 +222,8 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
         name: study and search-directory name; default ``<data>-<space>-<sampler>``.
         out: folder of search directories.
         pruner: ``auto`` (median, none for grid), ``median``, ``hyperband`` or ``none``.
-        config, overrides: base settings of every trial (YAML path/dict, ``--set`` list).
+        config: base settings of every trial (YAML path or dict).
+        overrides: ``--set`` style ``key=value`` overrides of the base settings.
         metric: validation metric to optimise (``val_roc_auc``, ``val_loss``, ...); never a
             test metric.
         progress: show Lightning's progress bar in each trial.
