@@ -62,9 +62,10 @@ OPERATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 # ---------------------------------------------------------------------------- probes
 def _probe_npz() -> bool:
     """medclf can read a MedMNIST .npz file (issue 3)."""
-    from medclf.data.discover import discover
+    from medclf.config import Config
+    from medclf.data.discover import discover_source
     try:
-        discover(SHARED_DATA / "medmnist" / "pneumoniamnist_reduced.npz", 0.15, 0.15, 0)
+        discover_source(SHARED_DATA / "medmnist" / "pneumoniamnist_reduced.npz", Config().data, 0)
     except MedclfError:
         return False
     return True
