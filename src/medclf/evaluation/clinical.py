@@ -179,8 +179,10 @@ def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, se
     Args:
         y_true: int ``(N,)``; probabilities: float ``(N, num_classes)`` on the test split.
         eval_cfg: the ``eval`` config section (bootstrap, threshold, calibration, ...).
-        val_labels, val_probabilities: the validation split's labels and probabilities from
-            the same checkpoint; needed for the operating threshold and temperature scaling.
+        val_labels: int ``(M,)`` labels of the validation split.
+        val_probabilities: float ``(M, num_classes)`` validation probabilities from the same
+            checkpoint; with ``val_labels`` needed for the operating threshold and temperature
+            scaling.
 
     Returns:
         :func:`~medclf.evaluation.metrics.classification_metrics` at 0.5 / argmax, plus
