@@ -60,7 +60,7 @@ def test_run_detail_links_to_plots(client):
     assert len(detail["epochs"]) == 2 and "val_loss" in detail["epochs"][0]
     assert detail["test_metrics"]["class_names"] == ["bar", "disk"]
     assert set(detail["plots"]) >= {"learning_curves", "confusion_matrix", "roc_curves"}
-    assert detail["report"] is None
+    assert detail["report"] == "/api/runs/tiny/report.html"  # train writes report.html
     image = client.get(detail["plots"]["roc_curves"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG")
@@ -144,7 +144,7 @@ def test_missing_file_field_gets_422(client):
     "/api/runs/nope", "/api/runs/not-a-run", "/api/runs/..", "/api/runs/%2e%2e", "/api/runs/..%2Fsecret.txt",
     "/api/runs/..%2F..%2Fetc%2Fpasswd", "/api/runs/%2Fetc%2Fpasswd", "/api/runs/%2e%2e%2fsecret.txt",
     "/api/runs/tiny/plots/..%2Fconfig.yaml", "/api/runs/tiny/plots/%2e%2e%2f%2e%2e%2fsecret.txt",
-    "/api/runs/tiny/plots/nothing.png", "/api/runs/tiny/report.html", "/api/runs/..%5Csecret.txt",
+    "/api/runs/tiny/plots/nothing.png", "/api/runs/tiny/report.htm", "/api/runs/..%5Csecret.txt",
 ])
 def test_unknown_runs_and_traversal_get_404(client, path):
     response = client.get(path)
@@ -247,17 +247,14 @@ def test_schemathesis_finds_no_server_error(runs_dir):
 
 def test_report_is_served_when_the_run_has_one(client, runs_dir):
     report = runs_dir / "tiny" / "report.html"
-    report.write_text("<html><body><h1>tiny report</h1><img src='plots/roc_curves.png'></body></html>")
-    try:
-        detail = client.get("/api/runs/tiny").json()
-        assert detail["report"] == "/api/runs/tiny/report.html"
-        page = client.get(detail["report"])
-        assert page.status_code == 200 and "tiny report" in page.text
-        assert "script-src 'none'" in page.headers["content-security-policy"]
-        # the report's relative links to its plots resolve to the plot endpoint
-        assert client.get("/api/runs/tiny/plots/roc_curves.png").status_code == 200
-    finally:
-        report.unlink()
+    assert report.is_file()  # written by train
+    detail = client.get("/api/runs/tiny").json()
+    assert detail["report"] == "/api/runs/tiny/report.html"
+    page = client.get(detail["report"])
+    assert page.status_code == 200 and page.text == report.read_text(encoding="utf-8")
+    assert "script-src 'none'" in page.headers["content-security-policy"]
+    # the report's relative links to its plots resolve to the plot endpoint
+    assert client.get("/api/runs/tiny/plots/roc_curves.png").status_code == 200
 
 
 def test_a_2d_upload_to_a_3d_run_gets_422(client, runs_dir, tmp_path):

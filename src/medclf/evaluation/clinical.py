@@ -179,9 +179,10 @@ def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, se
     Args:
         y_true: int ``(N,)``; probabilities: float ``(N, num_classes)`` on the test split.
         eval_cfg: the ``eval`` config section (bootstrap, threshold, calibration, ...).
-        val_labels: ``(M,)`` labels of the validation split; needed for the operating
-            threshold and temperature scaling.
-        val_probabilities: ``(M, num_classes)`` validation probabilities from the same checkpoint.
+        val_labels: int ``(M,)`` labels of the validation split.
+        val_probabilities: float ``(M, num_classes)`` validation probabilities from the same
+            checkpoint; with ``val_labels`` needed for the operating threshold and temperature
+            scaling.
 
     Returns:
         :func:`~medclf.evaluation.metrics.classification_metrics` at 0.5 / argmax, plus

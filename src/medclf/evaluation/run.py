@@ -66,9 +66,9 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
         labels: int ``(N,)`` true class indices.
         config: the run's :class:`~medclf.config.Config` (eval settings, seed); None gives
             the defaults.
-        val_labels: ``(M,)`` labels of the validation split (operating threshold,
-            temperature scaling).
-        val_probabilities: ``(M, num_classes)`` validation probabilities of the same checkpoint.
+        val_labels: int ``(M,)`` labels of the validation split.
+        val_probabilities: float ``(M, num_classes)`` validation probabilities of the same
+            checkpoint (operating threshold, temperature scaling).
         tta_probabilities: ``(N, num_classes)`` test-time-augmented probabilities, or None.
         drop: bool ``(N,)``: test images duplicating training images. Metrics without them
             are always added; with ``eval.drop_duplicates`` they become the main metrics.
