@@ -36,7 +36,8 @@ def evaluate(run_dir, data=None):
     return evaluate_run(run_dir, data=data)
 
 
-def predict(run_dir, paths):
-    """Predict images with a run's model; see :func:`medclf.inference.predict_files`."""
+def predict(run_dir, paths, tta=None):
+    """Predict images with a run's model (``tta``: test-time augmentation, default the run's
+    ``eval.tta``); see :func:`medclf.inference.predict_files`."""
     from .inference import predict_files
-    return predict_files(run_dir, paths)
+    return predict_files(run_dir, paths, tta=tta)

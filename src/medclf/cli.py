@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--csv", help="also write the predictions to this CSV file")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average over flipped and shifted copies "
+                        "(default: the run's eval.tta)")
 
     p = sub.add_parser("preview", help="draw what preprocessing, augmentation and normalisation do to the images")
     p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
@@ -157,14 +160,16 @@ def _inspect(args) -> int:
 def _predict(args) -> int:
     from .io import write_csv
     from .inference import predict_files
-    frame = predict_files(args.run, args.images)
-    prob_cols = [c for c in frame.columns if c.startswith("prob_")]
+    frame = predict_files(args.run, args.images, tta=args.tta)
+    tta = "tta_prob_" if frame.tta_views.max() > 0 else ""
+    prob_cols = [c for c in frame.columns if c.startswith(tta + "prob_")]
     for _, row in frame.iterrows():
         if row.error:
             print(f"{row.path}: error: {row.error}")
             continue
-        probs = "  ".join(f"{c[5:]}={row[c]:.3f}" for c in prob_cols)
-        print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}")
+        probs = "  ".join(f"{c[len(tta) + 5:]}={row[c]:.3f}" for c in prob_cols)
+        note = f"  (test-time augmentation, {row.tta_views} views)" if tta else ""
+        print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}{note}")
     if args.csv:
         write_csv(args.csv, frame)
         print(Path(args.csv))

@@ -10,16 +10,26 @@ import torch
 from . import rundir
 from .data.preprocess import preprocess_all
 from .errors import DataError
-from .evaluation.run import load_model, pick_device, predict_probabilities
+from .evaluation.run import load_model, pick_device, predict_probabilities, predict_tta
 
 
-def predict_files(run_dir: str | Path, paths: list[str | Path]) -> pd.DataFrame:
+def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None = None) -> pd.DataFrame:
     """Predict image files with a run's best checkpoint and exactly its preprocessing.
+
+    Args:
+        run_dir: a run directory written by ``medclf train``.
+        paths: image files (or ``file.npz#split/index`` references).
+        tta: test-time augmentation: also average the softmax probabilities over the
+            flipped and shifted copies of :func:`~medclf.evaluation.run.predict_tta` (the
+            same views as ``eval.tta`` in train/evaluate). None: the run's ``eval.tta``.
 
     Returns:
         DataFrame with one row per path: ``path``, ``predicted`` (class name),
-        ``probability`` (of the predicted class), ``prob_<class>`` for every class, and
+        ``probability`` (of the predicted class), ``prob_<class>`` for every class (plain,
+        one forward pass), ``tta_views`` (number of views averaged; 0 when TTA is off) and
         ``error`` (empty, or why the file could not be read; its other cells are empty).
+        With TTA, ``tta_prob_<class>`` columns hold the averaged probabilities beside the
+        plain ones, and ``predicted``/``probability`` come from them.
 
     Raises:
         RunDirError: ``run_dir`` is not a run directory.
@@ -32,17 +42,27 @@ def predict_files(run_dir: str | Path, paths: list[str | Path]) -> pd.DataFrame:
     arrays, _, bad = preprocess_all(paths, run.config)
     errors = dict(bad)
     good = [i for i, a in enumerate(arrays) if a is not None]
+    tta = run.config.eval.tta if tta is None else bool(tta)
     probabilities = np.full((len(paths), len(run.class_names)), np.nan)
+    tta_probabilities = probabilities.copy() if tta else None
+    views = 0
     if good:
         model = load_model(run)
+        device = pick_device(run.config.trainer.accelerator)
         images = torch.from_numpy(np.stack([arrays[i] for i in good]))
-        probabilities[good] = predict_probabilities(model, images, run.config.eval.batch_size,
-                                                    pick_device(run.config.trainer.accelerator))
+        probabilities[good] = predict_probabilities(model, images, run.config.eval.batch_size, device)
+        if tta:
+            tta_probabilities[good], views = predict_tta(model, images, run.config, device)
+    shown = tta_probabilities if tta else probabilities
     frame = pd.DataFrame({"path": paths})
-    best = np.nan_to_num(probabilities, nan=-1).argmax(axis=1)
+    best = np.nan_to_num(shown, nan=-1).argmax(axis=1)
     frame["predicted"] = [run.class_names[b] if p not in errors else "" for b, p in zip(best, paths)]
-    frame["probability"] = [probabilities[i, b] for i, b in enumerate(best)]
+    frame["probability"] = [shown[i, b] for i, b in enumerate(best)]
     for c, name in enumerate(run.class_names):
         frame[f"prob_{name}"] = probabilities[:, c]
+    if tta:
+        for c, name in enumerate(run.class_names):
+            frame[f"tta_prob_{name}"] = tta_probabilities[:, c]
+    frame["tta_views"] = views
     frame["error"] = [errors.get(p, "") for p in paths]
     return frame
