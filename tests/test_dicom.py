@@ -97,6 +97,24 @@ def test_series_sorted_by_position(ct_series):
     assert spacing[0] == pytest.approx(float(np.median(np.diff(z))))
 
 
+def test_inspect_reports_the_series_spacing_from_the_headers(tmp_path, ct_series):
+    from medclf.inspect import inspect_dataset
+    datasets = [pydicom.dcmread(p) for p in ct_series.glob("*.dcm")]
+    z = sorted(float(d.ImagePositionPatient[2]) for d in datasets)
+    expected = [float(np.median(np.diff(z))), *map(float, datasets[0].PixelSpacing)]
+    assert read_dicom_series(ct_series)[1] == pytest.approx(expected)
+    for cls in ("a", "b"):
+        for i in range(3):
+            shutil.copytree(ct_series, tmp_path / "data" / "train" / cls / f"p{i}")
+            shutil.copytree(ct_series, tmp_path / "data" / "test" / cls / f"p{i}")
+    result = inspect_dataset(tmp_path / "data")
+    assert not result["unreadable"] and result["formats"] == {"dicom-series": 12}
+    for split in ("train", "val", "test", "all"):
+        facts = result["spacing"][split]
+        assert facts["median"] == facts["min"] == facts["max"] == pytest.approx(expected)
+        assert facts["distinct"] == 1
+
+
 def test_folder_of_series_is_discovered_as_volumes(tmp_path, ct_series):
     for cls in ("a", "b"):
         for i in range(5):

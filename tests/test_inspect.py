@@ -118,3 +118,39 @@ def test_unreadable_files_are_listed_not_fatal(planted, tmp_path, capsys):
     assert result["n_readable"] == result["n_files"] - 3 == 37
     assert printed.count("UNREADABLE") == 3
     assert len(result["exact_duplicates"]) == 2  # the rest was still inspected
+
+
+def test_voxel_spacing_per_split_from_nifti_headers(tmp_path, capsys):
+    """Two known spacings A and B; one B volume is stored with permuted axes (header zooms
+    (2.5, 0.8, 0.8)), so only the RAS+ reorientation of the reader gives it spacing B."""
+    import nibabel as nib
+    a, b = [1.5, 1.5, 3.0], [0.8, 0.8, 2.5]
+    permuted = np.array([[0, 0.8, 0, 0], [0, 0, 0.8, 0], [2.5, 0, 0, 0], [0, 0, 0, 1]])
+    rng = np.random.default_rng(0)
+    layout = {("train", "x"): [a, a, a], ("train", "y"): [b, b, "permuted"],
+              ("val", "x"): [a], ("val", "y"): [b], ("test", "x"): [b, b], ("test", "y"): [b, b]}
+    for (split, cls), spacings in layout.items():
+        folder = tmp_path / "vols" / split / cls
+        folder.mkdir(parents=True)
+        for i, spacing in enumerate(spacings):
+            affine = permuted if spacing == "permuted" else np.diag(spacing + [1.0])
+            nib.save(nib.Nifti1Image(rng.random((6, 7, 8)).astype(np.float32), affine), folder / f"{i}.nii.gz")
+    assert nib.load(tmp_path / "vols/train/y/2.nii.gz").header.get_zooms() == pytest.approx((2.5, 0.8, 0.8))
+
+    result = inspect_dataset(tmp_path / "vols")
+    assert result["n_readable"] == 12 and not result["unreadable"]
+    spacing = result["spacing"]
+    mid = [(x + y) / 2 for x, y in zip(a, b)]  # median of an even number of A and B values
+    assert spacing["train"] == {"n": 6, "median": pytest.approx(mid), "min": b, "max": a, "distinct": 2}
+    assert spacing["val"] == {"n": 2, "median": pytest.approx(mid), "min": b, "max": a, "distinct": 2}
+    assert spacing["test"] == {"n": 4, "median": b, "min": b, "max": b, "distinct": 1}
+    assert spacing["all"]["median"] == b and spacing["all"]["distinct"] == 2  # 4 A, 8 B
+    # the permuted volume is [7, 8, 6] in RAS+ order, the others [6, 7, 8]
+    assert result["sizes"]["min"] == [6, 7, 6] and result["sizes"]["max"] == [7, 8, 8]
+    assert result["formats"] == {"nifti": 12} and result["bit_depths"] == {"32": 12}
+
+    out = tmp_path / "inspection.json"
+    assert main(["inspect", str(tmp_path / "vols"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "voxel spacing (mm) test : median [0.8, 0.8, 2.5]" in printed
+    assert json.loads(out.read_text())["spacing"]["train"]["distinct"] == 2

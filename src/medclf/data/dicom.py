@@ -201,11 +201,17 @@ def read_dicom_series(folder: str | os.PathLike, window=None) -> tuple[np.ndarra
         raise UnreadableImage(f"slices have different sizes {sorted(shapes)}")
     volume = np.stack(arrays).astype(np.float32)
     row, col = _pixel_spacing(slices[0][1])
-    steps = np.diff([p for p in positions]) if len(positions) > 1 else np.array([])
+    return volume, (_slice_spacing(positions, slices[0][1]), row, col), [f for f, _ in slices]
+
+
+def _slice_spacing(positions: list[float], first) -> float:
+    """Slice spacing (mm): the median distance between sorted slice positions, else the
+    first slice's SliceThickness, else 1."""
+    positions = sorted(positions)
+    steps = np.diff(positions) if len(positions) > 1 else np.array([])
     steps = np.abs(steps[np.isfinite(steps)]) if len(steps) else steps
-    depth = float(np.median(steps)) if len(steps) and np.median(steps) > 0 else \
-        float(slices[0][1].get("SliceThickness") or 1.0)
-    return volume, (depth, row, col), [f for f, _ in slices]
+    return float(np.median(steps)) if len(steps) and np.median(steps) > 0 else \
+        float(first.get("SliceThickness") or 1.0)
 
 
 def _slice_position(dataset) -> float:
@@ -220,7 +226,10 @@ def _slice_position(dataset) -> float:
 
 
 def probe_dicom(path: str) -> dict:
-    """Header facts without decoding pixels: ``shape`` (spatial) and ``spatial_dims``.
+    """Header facts without decoding pixels: ``shape`` (spatial), ``spatial_dims``,
+    ``spacing`` (mm per axis, as :func:`read_dicom_file` / :func:`read_dicom_series` give
+    it: PixelSpacing, and for a series the slice spacing from the slice positions, so every
+    slice header of the series is read) and ``bits_stored``.
 
     Raises:
         UnreadableImage: not a DICOM file.
@@ -230,11 +239,23 @@ def probe_dicom(path: str) -> dict:
         if not files:
             raise UnreadableImage("series folder contains no DICOM files")
         dataset = _read_dataset(files[0], stop_before_pixels=True)
+        positions = []
+        for file in files:
+            try:
+                positions.append(_slice_position(_read_dataset(file, stop_before_pixels=True)))
+            except UnreadableImage:
+                continue  # named when the series is read
         return {"shape": [len(files), int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))],
-                "spatial_dims": 3, "format": "dicom-series"}
+                "spatial_dims": 3, "format": "dicom-series",
+                "spacing": [_slice_spacing(positions, dataset), *_pixel_spacing(dataset)],
+                "bits_stored": int(dataset.get("BitsStored", 0) or 0) or None}
     dataset = _read_dataset(path, stop_before_pixels=True)
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     shape = [int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))]
+    facts = {"bits_stored": int(dataset.get("BitsStored", 0) or 0) or None}
     if frames > 1:
-        return {"shape": [frames] + shape, "spatial_dims": 3, "format": "dicom"}
-    return {"shape": shape, "spatial_dims": 2, "format": "dicom"}
+        depth = float(dataset.get("SpacingBetweenSlices") or dataset.get("SliceThickness") or 1.0)
+        return {"shape": [frames] + shape, "spatial_dims": 3, "format": "dicom",
+                "spacing": [depth, *_pixel_spacing(dataset)], **facts}
+    return {"shape": shape, "spatial_dims": 2, "format": "dicom", "spacing": list(_pixel_spacing(dataset)),
+            **facts}

@@ -70,14 +70,23 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
 
 
 def probe_nifti(path: str) -> dict:
-    """Header facts (no voxel data read): spatial ``shape``, ``spatial_dims`` and ``spacing`` (mm)."""
+    """Header facts (no voxel data read), in the RAS+ array order of :func:`read_nifti`:
+    spatial ``shape``, ``spatial_dims``, ``spacing`` (mm per array axis: the header zooms
+    permuted as :func:`nibabel.as_closest_canonical` permutes the axes) and ``dtype``."""
+    import nibabel as nib
     image = _load(path)
     shape = [int(s) for s in image.shape]
-    while len(shape) > 2 and shape[-1] == 1:
-        shape = shape[:-1]
     zooms = [float(z) for z in image.header.get_zooms()[: len(shape)]]
+    if len(shape) >= 3:  # the axis permutation of the reorientation, read from the affine
+        ornt = nib.io_orientation(image.affine)
+        ras_shape, ras_zooms = list(shape[:3]), list(zooms[:3])
+        for axis, (target, _) in enumerate(ornt[:3]):
+            ras_shape[int(target)], ras_zooms[int(target)] = shape[axis], zooms[axis]
+        shape, zooms = ras_shape + shape[3:], ras_zooms + zooms[3:]
+    while len(shape) > 2 and shape[-1] == 1:
+        shape, zooms = shape[:-1], zooms[:-1]
     return {"shape": shape[:3], "spatial_dims": 3 if len(shape) >= 3 else 2, "spacing": zooms[:3],
-            "format": "nifti"}
+            "format": "nifti", "dtype": str(image.get_data_dtype())}
 
 
 def resample_to_spacing(volume: np.ndarray, spacing, target) -> np.ndarray:

@@ -1,7 +1,8 @@
 """``medclf inspect DATA``: what is in a dataset, and does its test split leak?
 
-Per file it records format, size, channels (Pillow mode), bit depth and intensity range;
-over the dataset: counts per split and class, the class imbalance ratio, exact and near
+Per file it records format, size, channels (Pillow mode), bit depth and intensity range,
+and for volumes (NIfTI, DICOM) the voxel spacing the readers report; over the dataset:
+counts per split and class, the class imbalance ratio, voxel spacing per split, exact and near
 duplicates (see :mod:`medclf.inspect.duplicates`) within and across splits, and every
 unreadable file (listed, never fatal).
 """
@@ -17,6 +18,7 @@ from PIL import Image, ImageOps
 
 from ..data.discover import Manifest, discover
 from ..data.preprocess import content_hash
+from ..data.readers import UnreadableImage, content_digest, load_raw, probe, source_format
 from .duplicates import (MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups,
                          near_duplicate_pairs, thumbnail)
 
@@ -34,6 +36,8 @@ def scan_file(path: str, decode: bool = True, max_pixels: int = 100_000_000) -> 
         ``channels``, ``bit_depth``; with ``decode`` also ``min``/``max`` intensity and
         ``thumb`` (32x32 float32 array). An unreadable file gives ``{"error": reason}``.
     """
+    if source_format(path) != "image":
+        return _scan_volume(path, decode)
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -62,6 +66,45 @@ def scan_file(path: str, decode: bool = True, max_pixels: int = 100_000_000) -> 
     return info
 
 
+def _scan_volume(path: str, decode: bool) -> dict:
+    """:func:`scan_file` for the medical readers (NIfTI, DICOM file or series, npz item):
+    header facts from :func:`~medclf.data.readers.probe` (``size`` is the spatial shape,
+    ``spacing`` mm per array axis when the format has one); with ``decode`` the item is read
+    once by :func:`~medclf.data.readers.load_raw` for its intensity range and thumbnail."""
+    from ..config import Config
+    try:
+        facts = probe(path)
+        sha, _ = content_digest(path)
+        dtype = facts.get("dtype")
+        bits = facts.get("bits_stored") or (np.dtype(dtype).itemsize * 8 if dtype else None)
+        info = {"sha": sha, "format": facts["format"], "size": list(facts["shape"]),
+                "spatial_dims": facts["spatial_dims"], "channels": facts.get("channels", 1),
+                "bit_depth": bits}
+        if facts.get("spacing") is not None:
+            info["spacing"] = [round(float(v), 6) for v in facts["spacing"]]  # header zooms are float32
+        if decode:
+            array, _, _ = load_raw(path, Config())
+            info.update(min=float(array.min()), max=float(array.max()), thumb=thumbnail(array))
+    except (UnreadableImage, OSError, ValueError) as err:
+        return {"error": str(err) or err.__class__.__name__}
+    except Exception as err:  # noqa: BLE001  (any decoder failure is a bad file, listed)
+        return {"error": f"not a readable image ({err.__class__.__name__}: {err})"}
+    return info
+
+
+def spacing_summary(spacings: list[list[float]]) -> dict | None:
+    """Per-axis ``median``, ``min`` and ``max`` (mm) and the number of ``distinct`` spacings
+    of volumes; ``n`` volumes. Spacings of a different number of axes than the most common
+    one are left out. None without any."""
+    if not spacings:
+        return None
+    axes = Counter(len(s) for s in spacings).most_common(1)[0][0]
+    values = np.array([s for s in spacings if len(s) == axes], dtype=float)
+    return {"n": len(values), "median": [round(float(v), 6) for v in np.median(values, axis=0)],
+            "min": values.min(0).tolist(), "max": values.max(0).tolist(),
+            "distinct": len({tuple(np.round(v, 6)) for v in values})}
+
+
 def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: int = 2,
                      min_correlation: float = MIN_CORRELATION,
                      max_hash_distance: int = MAX_HASH_DISTANCE) -> dict:
@@ -75,7 +118,9 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
 
     Returns:
         the JSON-ready inspection (see ``medclf inspect --help``): ``counts``,
-        ``imbalance_ratio``, ``sizes``, ``channels``, ``bit_depths``, ``formats``,
+        ``imbalance_ratio``, ``sizes`` (``[H, W]`` or volumes ``[D, H, W]``, whichever
+        dominate), ``spacing`` (volumes: per split and ``all``, see :func:`spacing_summary`;
+        None without volumes), ``channels``, ``bit_depths``, ``formats``,
         ``intensity_range``, ``unreadable``, ``exact_duplicates``, ``near_duplicates``,
         ``leaks`` (val/test paths duplicating a train image, and test duplicating val).
     """
@@ -89,14 +134,22 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
             if path in decoded and "error" not in info:
                 info["thumb"] = thumbnail(decoded[path])
     good = [i for i, info in enumerate(infos) if "error" not in info]
+    split, label = frame.split.to_numpy(), frame.label.to_numpy()
     unreadable = [{"path": paths[i], "split": frame.split[i], "reason": infos[i]["error"]}
                   for i in range(len(paths)) if "error" in infos[i]]
-    split, label = frame.split.to_numpy(), frame.label.to_numpy()
 
     counts = {s: {c: int(((split == s) & (label == c)).sum()) for c in manifest.class_names}
               for s in ("train", "val", "test") if (split == s).any()}
     train_counts = [n for n in counts.get("train", {}).values()]
-    sizes = np.array([infos[i]["size"] for i in good]) if good else np.zeros((0, 2))
+    lengths = Counter(len(infos[i]["size"]) for i in good)
+    axes = lengths.most_common(1)[0][0] if good else 2  # 2D images or volumes, whichever dominate
+    sizes = np.array([infos[i]["size"] for i in good if len(infos[i]["size"]) == axes]) if good \
+        else np.zeros((0, 2))
+    volumes = [i for i in good if infos[i].get("spatial_dims") == 3 and "spacing" in infos[i]]
+    spacing = {s: spacing_summary([infos[i]["spacing"] for i in volumes if split[i] == s])
+               for s in ("train", "val", "test") if any(split[i] == s for i in volumes)}
+    if spacing:
+        spacing["all"] = spacing_summary([infos[i]["spacing"] for i in volumes])
     result = {
         "n_files": len(paths), "n_readable": len(good), "class_names": manifest.class_names,
         "counts": counts,
@@ -105,10 +158,11 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
         "sizes": ({"min": sizes.min(0).tolist(), "median": np.median(sizes, 0).astype(int).tolist(),
                    "max": sizes.max(0).tolist(), "distinct": len({tuple(s) for s in sizes})}
                   if len(sizes) else None),
+        "spacing": spacing or None,
         "formats": dict(Counter(infos[i]["format"] for i in good)),
-        "modes": dict(Counter(infos[i]["mode"] for i in good)),
+        "modes": dict(Counter(infos[i]["mode"] for i in good if "mode" in infos[i])),
         "channels": dict(Counter(str(infos[i]["channels"]) for i in good)),
-        "bit_depths": dict(Counter(str(infos[i]["bit_depth"]) for i in good)),
+        "bit_depths": dict(Counter(str(infos[i]["bit_depth"]) for i in good if infos[i]["bit_depth"])),
         "intensity_range": ([min(infos[i]["min"] for i in good), max(infos[i]["max"] for i in good)]
                             if decode and good else None),
         "unreadable": unreadable,
@@ -184,8 +238,12 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"  {split:<6}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
     lines.append(f"class imbalance (train, largest/smallest): {result['imbalance_ratio']}")
     if result["sizes"]:
-        lines.append(f"sizes [H, W]: min {result['sizes']['min']} median {result['sizes']['median']} "
+        axes = "[D, H, W]" if len(result["sizes"]["min"]) == 3 else "[H, W]"
+        lines.append(f"sizes {axes}: min {result['sizes']['min']} median {result['sizes']['median']} "
                      f"max {result['sizes']['max']}")
+    for split, facts in (result.get("spacing") or {}).items():
+        lines.append(f"voxel spacing (mm) {split:<5}: median {facts['median']} min {facts['min']} "
+                     f"max {facts['max']}  ({facts['distinct']} distinct in {facts['n']} volumes)")
     lines.append(f"formats: {result['formats']}  modes: {result['modes']}  bit depths: {result['bit_depths']}")
     if result["intensity_range"]:
         lines.append(f"intensity range: {result['intensity_range']}")
