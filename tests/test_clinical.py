@@ -60,6 +60,28 @@ def test_operating_point_metrics_at_the_threshold_match_sklearn():
     assert j(t) == pytest.approx(max(j(c) for c in np.unique(p_val[:, 1])))
 
 
+def test_youden_tie_takes_the_midpoint_of_the_tied_thresholds():
+    # validation: negatives 0.05 0.1 0.2 0.3, positives 0.25 0.7 0.8 0.95 (P = N = 4).
+    # J at each threshold, from the top: 0.95 -> 1/4, 0.8 -> 2/4, 0.7 -> 3/4, 0.3 -> 3/4 - 1/4,
+    # 0.25 -> 1 - 1/4 = 3/4, 0.2 -> 1/2, ...: J = 3/4 is reached at 0.7 and at 0.25.
+    # argmax over roc_curve's order took 0.7; the midpoint is (0.7 + 0.25) / 2 = 0.475.
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.25, 0.7, 0.8, 0.95])
+    t = choose_threshold(y, p, "youden")
+    assert t == pytest.approx(0.475, abs=1e-12)
+    predicted = p >= t  # 0.7, 0.8, 0.95: sensitivity 3/4, specificity 1, J still 3/4
+    assert predicted[y == 1].mean() - predicted[y == 0].mean() == pytest.approx(0.75)
+    # the same labels as booleans (how clinical_metrics calls it) give the same threshold
+    assert choose_threshold(y == 1, p, "youden") == t
+    # tied thresholds 0.9, 0.5 and 0.3 (J = 1/3) with lower J between them: the midpoint 0.6
+    # is a negative's probability (J 0 there), so the tied threshold nearest to it, 0.5
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.35, 0.6, 0.3, 0.5, 0.9])
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.5, abs=1e-12)
+    # a single optimum is kept as it is: J = 1/2 at 0.8, 1/3 at 0.35, less elsewhere
+    assert choose_threshold(np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.4, 0.5, 0.35, 0.8]), "youden") == 0.8
+
+
 def test_target_sensitivity_threshold_reaches_the_target_on_validation():
     y, p = fixed_binary(seed=4)
     t = choose_threshold(y, p[:, 1], "target_sensitivity", 0.95)

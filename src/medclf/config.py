@@ -159,7 +159,7 @@ class EvalConfig(_Section):
 
     batch_size: int = Field(64, ge=1, description="Images per evaluation step (only memory and speed depend on it, never the results).")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the test split for the 95 % confidence intervals of ROC AUC and balanced accuracy (0: off); seeded by `seed`.")
-    threshold: Union[Literal["youden", "target_sensitivity"], float] = Field("youden", description="Binary tasks: operating threshold on the positive-class probability, chosen on the validation split ('youden': max sensitivity + specificity - 1; 'target_sensitivity': the highest threshold reaching eval.target_sensitivity) or a fixed number; reported beside 0.5.")
+    threshold: Union[Literal["youden", "target_sensitivity"], float] = Field("youden", description="Binary tasks: operating threshold on the positive-class probability, chosen on the validation split ('youden': max sensitivity + specificity - 1, the midpoint of tied maxima; 'target_sensitivity': the highest threshold reaching eval.target_sensitivity) or a fixed number; reported beside 0.5.")
     target_sensitivity: float = Field(0.9, gt=0, le=1, description="Sensitivity the 'target_sensitivity' threshold must reach on the validation split.")
     positive_class: Optional[str] = Field(None, description="Binary tasks: name of the positive class (default: the second class in sorted order).")
     calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of the expected/maximum calibration error and the reliability diagram.")

@@ -66,28 +66,56 @@ def _balanced_accuracy(y_true, y_pred) -> float:
 def choose_threshold(y_true, positive_probability, method="youden", target_sensitivity: float = 0.9) -> float:
     """Operating threshold on the positive-class probability, chosen on validation data.
 
-    ``'youden'``: the ROC point maximising J = sensitivity + specificity - 1 (Youden 1950);
-    ``'target_sensitivity'``: the highest threshold whose sensitivity reaches the target;
-    a number is returned as given. Thresholds come from scikit-learn's ``roc_curve``; a
+    ``'youden'``: a threshold maximising J = sensitivity + specificity - 1 (Youden 1950).
+    Several thresholds often reach the same maximal J: whenever lowering the threshold
+    passes as many positives (share 1/P each) as negatives (share 1/N each), e.g. on a
+    balanced or nearly separable validation split. scikit-learn's ``roc_curve`` lists
+    thresholds from high to low, so ``argmax`` would take the *highest* of them, an extreme
+    threshold that sits right under one validation positive and generalises badly to test
+    data; we take the **midpoint** (in probability) between the lowest and the highest
+    threshold reaching the maximal J, the threshold with the widest margin on both sides.
+    If that midpoint does not reach the maximal J itself (the tied thresholds are not one
+    run: a threshold of lower J lies between them), the tied threshold nearest to the
+    midpoint is taken.
+
+    ``'target_sensitivity'``: the highest threshold whose sensitivity reaches the target.
+    A number is returned as given. Candidate thresholds are every distinct validation
+    probability (scikit-learn's ``roc_curve`` with ``drop_intermediate=False``); a
     prediction is positive when its probability is >= the threshold.
 
+    Args:
+        y_true: ``(M,)`` validation labels, true/1 for the positive class.
+        positive_probability: float ``(M,)`` probability of the positive class.
+        method: ``'youden'``, ``'target_sensitivity'`` or a number in [0, 1].
+        target_sensitivity: the sensitivity to reach with ``'target_sensitivity'``.
+
     Raises:
-        ConfigError: validation labels of one class only.
+        ConfigError: validation labels of one class only, or an unknown method.
     """
     if not isinstance(method, str):
         return float(method)
-    y_true = np.asarray(y_true)
+    y_true = np.asarray(y_true) == 1  # bool labels too (True == 1)
+    positive_probability = np.asarray(positive_probability, dtype=np.float64)
     if len(np.unique(y_true)) < 2:
         raise ConfigError("eval.threshold: the validation split needs both classes to choose a threshold")
-    fpr, tpr, thresholds = roc_curve(y_true, positive_probability)
+    fpr, tpr, thresholds = roc_curve(y_true, positive_probability, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)
     if method == "youden":
-        best = int(np.argmax(tpr - fpr))
-    elif method == "target_sensitivity":
-        best = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
-    else:
-        raise ConfigError(f"eval.threshold: unknown method {method!r}")
-    return float(thresholds[best])
+        j = tpr - fpr
+        best_j = j.max()
+        tied = thresholds[j >= best_j - 1e-9]  # J values are differences of fractions k/P - m/N
+
+        def youden(threshold):
+            predicted = positive_probability >= threshold
+            return predicted[y_true].mean() - predicted[~y_true].mean()
+
+        middle = float((tied.min() + tied.max()) / 2)
+        if youden(middle) < best_j - 1e-9:
+            middle = float(tied[np.argmin(np.abs(tied - middle))])
+        return middle
+    if method == "target_sensitivity":
+        return float(thresholds[int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])])
+    raise ConfigError(f"eval.threshold: unknown method {method!r}")
 
 
 def calibration_error(y_true, probabilities, bins: int = 15) -> dict:
