@@ -148,6 +148,10 @@ def test_voxel_spacing_per_split_from_nifti_headers(tmp_path, capsys):
     # the permuted volume is [7, 8, 6] in RAS+ order, the others [6, 7, 8]
     assert result["sizes"]["min"] == [6, 7, 6] and result["sizes"]["max"] == [7, 8, 8]
     assert result["formats"] == {"nifti": 12} and result["bit_depths"] == {"32": 12}
+    # training inspects its already decoded arrays: the spacing then comes from the headers alone
+    from medclf.data.discover import discover
+    from medclf.inspect import inspect_manifest
+    assert inspect_manifest(discover(tmp_path / "vols"), decoded={})["spacing"] == spacing
 
     out = tmp_path / "inspection.json"
     assert main(["inspect", str(tmp_path / "vols"), "--out", str(out)]) == 0
