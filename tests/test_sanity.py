@@ -65,11 +65,13 @@ def test_dead_activations_are_diagnosed(covid, tmp_path):
 
 def test_sanity_command_with_lr_range_test(tiny_dataset, tmp_path, capsys):
     code = main(["sanity", str(tiny_dataset), "--out", str(tmp_path), "--set", "data.image_size=[32,32]",
-                 "--set", "model.filters=[8,16]", "--per-class", "6", "--steps", "100"])
+                 "--set", "model.filters=[8,16]", "--per-class", "6", "--steps", "100",
+                 "--set", "train.lr=auto"])  # the checks then train at the planned rate
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[PASS] overfit small subset" in out and "sanity: all checks passed" in out
     assert "suggested learning rate (LR range test)" in out
+    assert "--set train.lr=auto" in out
     run = tmp_path / out.strip().splitlines()[-1].rsplit("/", 1)[-1]
     assert (run / "lr_range_test.png").stat().st_size > 1000
     assert 1e-6 <= json.loads((run / "sanity.json").read_text())["suggested_lr"] <= 1.0

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
+from annotated_types import Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .data.morphology import PreprocessStep
@@ -124,7 +125,7 @@ class TrainConfig(_Section):
     """How the weights are learned: optimiser, learning rate and its schedule, batch size, epochs, loss."""
 
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimiser, the rule that updates the weights from the gradients. adamw (default): Adam with decoupled weight decay, works with little tuning; adam; sgd: with momentum, often generalises slightly better but needs a tuned learning rate (about 0.01-0.1); rmsprop.")
-    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate: how big a step the optimiser takes on each update. Too high and the loss jumps around or becomes NaN; too low and training crawls and may stop early without learning. Typical values: 1e-3 to 3e-3 for Adam/AdamW, 0.01 to 0.1 for SGD; lower it (e.g. 3e-4) when starting from pretrained weights.")
+    lr: Union[Annotated[float, Gt(0), Le(10)], Literal["auto"]] = Field(3e-3, description="Peak learning rate: how big a step the optimiser takes on each update. Too high and the loss jumps around or becomes NaN; too low and training crawls and may stop early without learning. Typical values: 1e-3 to 3e-3 for Adam/AdamW, 0.01 to 0.1 for SGD; lower it (e.g. 3e-4) when starting from pretrained weights. 'auto': before training, run the LR range test of `medclf sanity` (Smith 2017, Lightning's lr_find) on a seeded subset of the training split and use its suggestion, clamped to a sane range (the planned default when the test fails); the run's config.yaml then stores the chosen number, so the run repeats, and lr_range_test.png shows the curve.")
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay: pulls every weight a little towards zero at each step (an L2 penalty, decoupled from the gradient for AdamW), which discourages the large weights of an overfitted model. 1e-4 to 1e-2 is typical; raise it when the model overfits.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop: each step keeps this fraction of the previous step, which smooths noisy gradients and speeds progress along consistent directions. 0.9 is the standard value; ignored by Adam/AdamW (they have their own).")
     nesterov: bool = Field(True, description="Nesterov momentum for SGD.")
@@ -141,6 +142,21 @@ class TrainConfig(_Section):
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss).")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError("must be a number > 0 and <= 10, or 'auto'")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("must be a number > 0 and <= 10, or 'auto'") from None
+        if not 0 < number <= 10:
+            raise ValueError("must be > 0 and <= 10 (or 'auto')")
+        return number
 
 
 class TrainerConfig(_Section):

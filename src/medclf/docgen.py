@@ -121,8 +121,13 @@ def _type_name(annotation) -> str:
 
 
 def _constraints(info) -> list[str]:
+    """The field's bounds and lengths, also those of the ``Annotated`` members of a union
+    (``Union[Annotated[float, Gt(0)], Literal["auto"]]``)."""
     words = []
-    for item in info.metadata:
+    annotation = info.annotation
+    members = typing.get_args(annotation) if typing.get_origin(annotation) is Union else ()
+    inner = [m for arg in members if typing.get_origin(arg) is typing.Annotated for m in typing.get_args(arg)[1:]]
+    for item in [*info.metadata, *inner]:
         for cls, symbol, attr in ((Gt, ">", "gt"), (Ge, ">=", "ge"), (Lt, "<", "lt"), (Le, "<=", "le")):
             if isinstance(item, cls):
                 words.append(f"{symbol} {getattr(item, attr)}")

@@ -88,7 +88,8 @@ class SanityReport:
             out += [f"         likely cause: {cause}" for cause in c.causes]
         if self.suggested_lr:
             out.append(f"suggested learning rate (LR range test): {self.suggested_lr:.2e}  "
-                       f"(--set train.lr={self.suggested_lr:.2e})")
+                       f"(--set train.lr={self.suggested_lr:.2e}, or --set train.lr=auto to run "
+                       "this test at the start of every training)")
         out.append("sanity: all checks passed" if self.passed else
                    "sanity: FAILED: fix the causes above before a full training")
         return out
@@ -238,13 +239,28 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
     return result
 
 
-def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_training: int = 40):
+def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_training: int = 40,
+                  num_classes: int | None = None, progress: bool = True):
     """Leslie Smith's LR range test with Lightning's ``Tuner.lr_find`` on the subset.
+
+    Used by ``medclf sanity`` and by ``train.lr=auto`` (:mod:`medclf.training.auto_lr`).
+    ``lr_find`` saves the model to a temporary checkpoint first and restores it when the test
+    ends, also when its training loop raises (a ``finally`` block in Lightning 2.6).
+
+    Args:
+        images: ``(N, C, *spatial)``; labels: ``(N,)`` class indices.
+        num_training: learning rates tried (one step each), from 1e-6 to 1.
+        num_classes: classes of the model (default: ``labels.max() + 1``).
+        progress: show lr_find's progress bar (on stderr).
 
     Returns:
         the suggested learning rate (steepest descent of the smoothed loss) or None; writes
         ``lr_range_test.png`` into ``out``.
     """
+    import contextlib
+    import io
+    import tempfile
+
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
@@ -256,15 +272,21 @@ def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_t
     run_cfg.train.schedule = "none"
     run_cfg.train.batch_size = min(run_cfg.train.batch_size, len(labels))
     run_cfg.train.label_smoothing = 0.0
-    module = Classifier(model, int(labels.max()) + 1, run_cfg.train)
+    if run_cfg.train.lr == "auto":
+        run_cfg.train.lr = 1e-3  # any number: lr_find sets the learning rate of every step
+    module = Classifier(model, num_classes or int(labels.max()) + 1, run_cfg.train)
     data = ImageDataModule({"train": (images, labels), "val": (images, labels)}, run_cfg)
-    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="medclf-lr-find-") as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=1e-6, max_lr=1.0,
-                                        num_training=num_training, early_stop_threshold=4.0, update_attr=False)
+        # default_root_dir: where lr_find keeps its temporary checkpoint of the initial weights
+        trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root)
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with quiet:  # lr_find always draws a tqdm bar
+            finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=1e-6, max_lr=1.0,
+                                            num_training=num_training, early_stop_threshold=4.0,
+                                            update_attr=False)
     if finder is None:
         return None
     suggestion = finder.suggestion()
@@ -310,7 +332,11 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
     early = validate(tree)
     data = Path(data if data is not None else early.data.source or "")
     manifest = discover(data, early.data.val_fraction, early.data.test_fraction, early.seed)
-    cfg = validate(deep_merge(plan_config(fingerprint(manifest)), deep_merge(tree, {"data": {"source": str(data)}})))
+    plan = plan_config(fingerprint(manifest))
+    cfg = validate(deep_merge(plan, deep_merge(tree, {"data": {"source": str(data)}})))
+    if cfg.train.lr == "auto":  # the checks train at the planned rate; the range test suggests one
+        from .training.auto_lr import planned_lr
+        cfg.train.lr = planned_lr(plan)
     small = subset(manifest, per_class, cfg.seed)
     images, kept, _ = prepare_images(Manifest(small.frame.assign(split="test"), small.class_names), cfg)
     labels = torch.tensor(kept.labels("test"), dtype=torch.long)

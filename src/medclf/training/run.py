@@ -31,6 +31,7 @@ from ..plan import fingerprint, plan_config
 from ..errors import ConfigError, DataError, RunDirError
 from ..provenance import provenance
 from ..testing.faults import fault_callbacks
+from . import auto_lr
 from .callbacks import MetricsCSV
 from .reliability import AtomicCheckpointIO, EpochSeeder, remove_stale_temporaries
 from .safety import (check_free_space, check_writable, is_out_of_memory, out_of_memory_advice,
@@ -148,7 +149,8 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     source = str(data if data is not None else early.data.source)
     manifest = discover_source(source, early.data, early.seed)
     fp = fingerprint(manifest)
-    cfg = validate(deep_merge(plan_config(fp), deep_merge(tree, {"data": {"source": source}})))
+    plan = plan_config(fp)
+    cfg = validate(deep_merge(plan, deep_merge(tree, {"data": {"source": source}})))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # seeded initialisation
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
@@ -161,9 +163,15 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     else:  # a DDP process launched by rank 0 (or by torchrun/SLURM): write nothing of its own
         run_dir = Path(os.environ.get(RUN_DIR_ENV) or tempfile.mkdtemp(prefix="medclf-rank"))
     splits, manifest, bad = _prepare(manifest, cfg)
+    lr_record = None
+    if cfg.train.lr == "auto":  # LR range test at the initial weights; config.yaml gets the number
+        lr_record = auto_lr.resolve(cfg, network, splits["train"], manifest.num_classes, run_dir,
+                                    auto_lr.planned_lr(plan), rank0=rank == 0)
     if rank == 0:
         _write_manifest(run_dir, manifest, bad, cfg)
         write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+        if lr_record is not None:
+            auto_lr.record_choice(run_dir, cfg, lr_record)
     return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=None,
                              callbacks=callbacks, evaluate_test=evaluate_test)
 
@@ -238,6 +246,10 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
+    if cfg.train.lr == "auto":  # killed before the range test had chosen: nothing was trained yet
+        record = auto_lr.resolve(cfg, network, splits["train"], manifest.num_classes, run_dir,
+                                 auto_lr.planned_lr(plan_config(fingerprint(manifest))))
+        auto_lr.record_choice(run_dir, cfg, record)
     ckpt = run_dir / rundir.LAST
     if not ckpt.exists():
         log.warning("%s has no checkpoint yet: training starts from the first epoch", run_dir)
