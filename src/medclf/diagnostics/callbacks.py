@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..io import write_csv, write_text
+from ..models.hooks import forward_with_hooks
 
 log = logging.getLogger("medclf")
 
@@ -92,18 +93,10 @@ def dead_relu_fractions(model: nn.Module, images: torch.Tensor) -> dict[str, flo
     in every call.
     """
     fractions: dict[str, list] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, out, name=name: fractions.setdefault(name, []).append(
-        (out.detach() > 0).transpose(0, 1).reshape(out.shape[1], -1).any(dim=1)))
-        for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    forward_with_hooks(model, images, [
+        (m, lambda mod, i, out, name=name: fractions.setdefault(name, []).append(
+            (out.detach() > 0).transpose(0, 1).reshape(out.shape[1], -1).any(dim=1)))
+        for name, m in model.named_modules() if isinstance(m, nn.ReLU)])
     result = {}
     for name, alive in fractions.items():
         if len({a.shape for a in alive}) == 1:

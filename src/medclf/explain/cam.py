@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.hooks import forward_with_hooks
 
 METHODS = ("gradcam", "gradcampp", "occlusion")
 
@@ -38,23 +39,16 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     outputs: dict[str, int] = {}
     last_conv: list[str] = []
-    hooks = []
-    for name, module in model.named_modules():
-        def hook(mod, inputs, output, name=name):
+
+    def hook(name):
+        def record(mod, inputs, output):
             if isinstance(output, torch.Tensor):
                 outputs[name] = output.ndim
             if isinstance(mod, conv_types):
                 last_conv.append(name)
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+        return record
+
+    forward_with_hooks(model, example, [(module, hook(name)) for name, module in model.named_modules()])
     if not last_conv:
         raise ConfigError("the model has no convolution layer: Grad-CAM needs one (use method=occlusion)")
     parts = last_conv[-1].split(".")
