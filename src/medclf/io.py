@@ -39,9 +39,10 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
-def write_yaml(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as YAML (keys in given order) to ``path`` atomically."""
-    return write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+def write_yaml(path: str | os.PathLike, data: Any, header: str = "") -> Path:
+    """Write ``data`` as YAML (keys in given order) to ``path`` atomically, after ``header``
+    (e.g. ``# comment`` lines)."""
+    return write_text(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def write_csv(path: str | os.PathLike, frame) -> Path:

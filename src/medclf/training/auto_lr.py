@@ -23,11 +23,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 
 from .. import rundir
-from ..config import Config, TrainConfig
-from ..io import write_json, write_text
+from ..config import Config, TrainConfig, load_yaml
+from ..io import write_json, write_yaml
 
 log = logging.getLogger("medclf")
 
@@ -124,7 +123,7 @@ def record_choice(run_dir: Path, cfg: Config, record: dict) -> None:
            else f"the planned default, because the LR range test could not be used: {record.get('reason')}")
     header = (f"# train.lr was 'auto': {cfg.train.lr:g} is {how}.\n"
               "# This file repeats the run with that number (provenance.json: lr_auto).\n")
-    write_text(run_dir / rundir.CONFIG, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    write_yaml(run_dir / rundir.CONFIG, cfg.to_dict(), header=header)
     path = run_dir / rundir.PROVENANCE
     if path.is_file():
         import json
@@ -148,7 +147,7 @@ def resolve(cfg: Config, network: torch.nn.Module, train_split: tuple[torch.Tens
     if not rank0:
         stored = run_dir / rundir.CONFIG
         if stored.is_file():
-            lr = (yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("train", {}).get("lr")
+            lr = load_yaml(stored).get("train", {}).get("lr")
             if isinstance(lr, (int, float)) and not isinstance(lr, bool):
                 cfg.train.lr = float(lr)
                 return None
