@@ -17,6 +17,27 @@ def test_auto_class_weights_are_inverse_frequency():
     assert torch.allclose(weights, torch.tensor([100 / (2 * 90), 100 / (2 * 10)]))
     assert class_weights(labels, 2, "none") is None
     assert torch.equal(class_weights(labels, 2, [1.0, 3.0]), torch.tensor([1.0, 3.0]))
+    # the balanced sampler balances the batches: 'auto' then adds no weights, a list still counts
+    assert class_weights(labels, 2, "auto", sampler="balanced") is None
+    assert torch.equal(class_weights(labels, 2, [1.0, 3.0], sampler="balanced"), torch.tensor([1.0, 3.0]))
+
+
+def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
+    cfg = Config()
+    cfg.train.sampler = "balanced"
+    cfg.train.batch_size = 50
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    images = torch.zeros(len(labels), 1, 4, 4)
+    module = ImageDataModule({"train": (images, labels)}, cfg)
+    order = list(module.train_dataloader().sampler)
+    assert len(order) == len(labels)
+    minority = float((labels[order] == 1).float().mean())
+    assert 0.45 < minority < 0.55  # 10 % of the images, half of the draws
+    assert len(set(order)) < len(labels)  # drawn with replacement
+    assert order == list(module.train_dataloader().sampler)  # same epoch, same order
+    cfg.train.sampler = "shuffle"
+    shuffled = list(ImageDataModule({"train": (images, labels)}, cfg).train_dataloader().sampler)
+    assert sorted(shuffled) == list(range(len(labels)))  # each image once
 
 
 class FakeTrainer:

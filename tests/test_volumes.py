@@ -216,3 +216,18 @@ def test_plans_for_large_2d_small_2d_and_3d():
     assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]
     assert volume["augment"]["batched"] is True and volume["preprocess"]["normalization"] == "percentile"
     Config.model_validate(volume)
+
+
+@pytest.mark.parametrize("train_counts, sampler", [
+    ({"a": 300, "b": 100}, "balanced"),   # 3:1
+    ({"a": 200, "b": 100}, "balanced"),   # 2:1, the threshold
+    ({"a": 111, "b": 70, "c": 70}, "shuffle"),  # covid19-xray's 1.6:1
+    ({"a": 100, "b": 100}, "shuffle"),
+])
+def test_imbalanced_training_split_gets_balanced_batches(train_counts, sampler):
+    for dims, size in ((2, [28, 28]), (2, [512, 512]), (3, [64, 64, 64])):
+        plan = plan_config({"spatial_dims": dims, "median_size": size, "counts": {"train": train_counts,
+                            "test": {k: 10 for k in train_counts}}, "readers": {"image": 1}})
+        expected = sampler if dims == 2 else "shuffle"  # 3D keeps class weights: see _plan_sampler
+        assert plan["train"]["sampler"] == expected
+        assert Config.model_validate(plan).train.sampler == expected

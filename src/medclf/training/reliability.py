@@ -92,7 +92,7 @@ class EpochSeeder(L.Callback):
 
     Covers Python ``random``, NumPy's global generator and torch's global generator
     (dropout). Shuffling and augmentation do not use these: the DataModule derives them from
-    ``(seed, epoch, index)`` (:class:`medclf.data.datamodule.EpochPermutation` and
+    ``(seed, epoch, index)`` (:class:`medclf.data.datamodule.EpochSampler` and
     :class:`~medclf.data.datamodule.ArrayDataset`), because Lightning fetches an epoch's
     first batch before ``on_train_epoch_start`` and iterates a loader twice in some epochs.
     """

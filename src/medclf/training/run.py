@@ -81,10 +81,15 @@ def user_tree(config: str | Path | dict | Config | None, overrides) -> dict:
     return deep_merge(tree, parse_overrides(overrides))
 
 
-def class_weights(labels: torch.Tensor, num_classes: int, setting) -> torch.Tensor | None:
-    """Cross-entropy class weights: ``'auto'`` gives ``N / (K * n_c)`` (scikit-learn's
-    'balanced' rule), ``'none'`` gives None, a list is used as given."""
-    if setting == "none":
+def class_weights(labels: torch.Tensor, num_classes: int, setting,
+                  sampler: str = "shuffle") -> torch.Tensor | None:
+    """Cross-entropy class weights ``(num_classes,)`` from training labels ``(N,)``.
+
+    ``'auto'`` gives ``N / (K * n_c)`` (scikit-learn's 'balanced' rule), or None with the
+    class-balanced sampler (``sampler='balanced'``), whose batches are balanced already
+    (weighting them as well would over-correct); ``'none'`` gives None; a list is used as
+    given. Raises ConfigError for a list of the wrong length."""
+    if setting == "none" or (setting == "auto" and sampler == "balanced"):
         return None
     if setting == "auto":
         counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
@@ -264,7 +269,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     leaks = inspect_run(run_dir, manifest, splits) if rank0 else {"val": set(), "test": set()}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
-    weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights)
+    weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
     module = Classifier(network, manifest.num_classes, cfg.train, weights)
     with torch.random.fork_rng():  # drawing the graph must not change the training's randomness
         if rank0:
