@@ -34,6 +34,27 @@ def test_small_cnn_options_change_the_network():
     assert wider(torch.randn(1, 3, 40, 40)).shape == (1, 2)
 
 
+def test_maxpool_small_cnn_is_a_plain_vgg_style_network():
+    """downsample=maxpool: stride-1 convolutions, a 2x max-pool ending each stage, the stem as
+    the first convolution (the 73 K-parameter 3D reference CNN: 8-16-32-64, one block each)."""
+    cfg = ModelConfig(spatial_dims=3, filters=[8, 16, 32, 64], blocks_per_stage=1, stem_kernel_size=3,
+                      stem_stride=1, stem_pool=False, downsample="maxpool")
+    model = create_model(cfg, 1, 2)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool3d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 64] and all(c.stride == (1, 1, 1) for c in convs)
+    assert len(pools) == 4
+    # 73,282 in the reference, which also has conv biases (64 + 32 + 16 + 8 = 120) that BatchNorm makes redundant
+    assert sum(p.numel() for p in model.parameters()) == 73_282 - 120
+    shapes = []
+    model.features.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+    assert model(torch.randn(2, 1, 32, 32, 32)).shape == (2, 2) and shapes == [(2, 64, 2, 2, 2)]
+    assert model(torch.randn(2, 1, 8, 8, 8)).shape == (2, 2)  # ceil_mode: 8 -> 4 -> 2 -> 1 -> 1
+    vgg = create_model(ModelConfig(filters=[8, 16], blocks_per_stage=2, stem_stride=1, downsample="maxpool"), 1, 2)
+    assert [type(m).__name__ for m in vgg.features] == ["Convolution", "Convolution", "MaxPool2d",
+                                                         "Convolution", "Convolution", "MaxPool2d"]
+
+
 def test_init_schemes_differ_and_weights_load(tmp_path):
     torch.manual_seed(0)
     he = create_model(ModelConfig(init="he", filters=[8, 16]), 1, 2)

@@ -201,6 +201,59 @@ def test_folder_of_nifti_volumes_from_adrenalmnist3d(tmp_path):
     assert result.metrics["n"] == sum(dataset["counts"]["test"].values()) > 0
 
 
+def test_max_shrink_keeps_thin_structures_of_masks(tmp_path):
+    """preprocess.shrink=max max-pools a binary mask to the grid; area averaging fades a
+    one-voxel-thick line to grey (it fills 2 of the 8 voxels of each 2x2x2 block)."""
+    from medclf.data.readers import fit_to_size
+    mask = np.zeros((1, 16, 16, 16), np.float32)
+    mask[0, 5, 7, :] = 255  # a line one voxel thick
+    cfg = volume_config(image_size=[8, 8, 8])
+    area = fit_to_size(mask, cfg)
+    cfg.preprocess.shrink = "max"
+    pooled = fit_to_size(mask, cfg)
+    assert pooled.shape == area.shape == (1, 8, 8, 8)
+    assert pooled.max() == 255 and pooled[0, 2, 3].tolist() == [255] * 8 and (pooled > 0).sum() == 8
+    assert area.max() == pytest.approx(255 / 4)
+    # enlarging still interpolates
+    cfg.data.image_size = [20, 20, 20]
+    assert fit_to_size(mask, cfg).shape == (1, 20, 20, 20)
+    # 2D images from files: decoded at full size, then max-pooled
+    from PIL import Image
+    from medclf.data.preprocess import preprocess_bytes
+    import io
+    line = np.zeros((64, 64), np.uint8)
+    line[21, :] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(line).save(buffer, format="PNG")
+    cfg2d = Config().model_copy(deep=True)
+    cfg2d.data.image_size = [16, 16]
+    cfg2d.preprocess.normalization = "scale255"
+    bilinear = preprocess_bytes(buffer.getvalue(), cfg2d)
+    cfg2d.preprocess.shrink = "max"
+    pooled2d = preprocess_bytes(buffer.getvalue(), cfg2d)
+    assert pooled2d[0, 5].tolist() == [1.0] * 16 and pooled2d.sum() == 16
+    assert bilinear.max() < 1.0
+
+
+def test_binary_npz_volumes_plan_max_shrink_and_maxpool_network(tmp_path):
+    masks = tmp_path / "masks.npz"
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = (rng.random((n, 16, 16, 16)) > 0.7).astype(np.uint8) * 255
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None].astype(np.uint8)
+    np.savez(masks, **arrays)
+    grey = write_npz(tmp_path / "grey.npz")
+    fp_masks = fingerprint(discover_source(str(masks), Config().data))
+    fp_grey = fingerprint(discover_source(str(grey), Config().data))
+    assert fp_masks["binary"] is True and fp_grey["binary"] is False
+    plan_masks, plan_grey = plan_config(fp_masks), plan_config(fp_grey)
+    assert plan_masks["preprocess"]["shrink"] == "max" and plan_grey["preprocess"]["shrink"] == "area"
+    for plan in (plan_masks, plan_grey):
+        assert plan["model"]["downsample"] == "maxpool" and plan["model"]["filters"] == [8, 16, 32, 64]
+        Config.model_validate(plan)
+
+
 def test_plans_for_large_2d_small_2d_and_3d():
     counts = {"train": {"a": 300, "b": 100}}
     large = plan_config({"spatial_dims": 2, "median_size": [1500, 1600], "counts": counts, "readers": {"image": 400}})

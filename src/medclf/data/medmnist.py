@@ -27,6 +27,7 @@ from .readers import UnreadableImage
 SEPARATOR = "#"
 SPLITS = ("train", "val", "test")
 _ARRAYS: dict[tuple[str, float, str], np.ndarray] = {}
+_BINARY: dict[tuple[str, float, str], bool] = {}
 _LOCK = threading.Lock()
 
 
@@ -223,9 +224,25 @@ def _npy_shape(data, key: str) -> tuple[int, ...]:
 
 
 def probe_item(path: str) -> dict:
-    """Shape facts of an item reference (from the loaded array)."""
+    """Facts of an item reference (from the loaded array): ``shape``, ``spatial_dims``,
+    ``channels``, ``format``, ``dtype`` and ``binary`` (every value of the split's images
+    is 0 or their maximum: segmentation masks, such as AdrenalMNIST3D)."""
     file, split, _ = parse_item(path)
     images = _array(file, f"{split}_images")
     dims, shape, channels = item_dims(images.shape[1:])
     return {"shape": shape, "spatial_dims": dims, "channels": channels, "format": "npz",
-            "dtype": str(images.dtype)}
+            "dtype": str(images.dtype), "binary": _binary(file, f"{split}_images")}
+
+
+def _binary(file: str, key: str) -> bool:
+    """Whether an npz array holds two values, 0 and its maximum (checked once per array)."""
+    cache_key = (file, os.path.getmtime(file), key)
+    with _LOCK:
+        known = _BINARY.get(cache_key)
+    if known is None:
+        images = _array(file, key)
+        top = images.max() if images.size else 0
+        known = bool(top > 0 and np.all((images == 0) | (images == top)))
+        with _LOCK:
+            _BINARY[cache_key] = known
+    return known

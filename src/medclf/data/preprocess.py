@@ -18,7 +18,7 @@ from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityR
 from ..errors import BadFilesError
 from ..io import atomic_write
 from .morphology import apply_steps
-from .readers import UnreadableImage, content_digest, fit_to_size, load_raw, read_image
+from .readers import UnreadableImage, content_digest, fit_to_size, load_raw, pillow_size, read_image
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 
@@ -99,8 +99,8 @@ def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarr
                 handle.write(data)
             raw, full_scale, spacing = load_raw(path, config)
             return fit_to_size(raw, config, spacing), full_scale
-    size = tuple(config.data.image_size[-2:])
-    return read_image(data, size, config.data.in_channels, config.data.max_pixels)
+    raw, full_scale = read_image(data, pillow_size(config), config.data.in_channels, config.data.max_pixels)
+    return fit_to_size(raw, config), full_scale
 
 
 def preprocess_bytes(data: bytes, config, name: str | None = None) -> np.ndarray:

@@ -24,13 +24,13 @@ class UnreadableImage(DataError):
     """One file cannot be decoded; the message says why (the caller adds the path)."""
 
 
-def read_image(data: bytes, size: tuple[int, int], in_channels: int = 1,
+def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
                max_pixels: int = 100_000_000) -> tuple[np.ndarray, float]:
     """Decode image bytes, apply EXIF orientation, convert channels and resize.
 
     Args:
         data: the encoded file content.
-        size: target ``(H, W)`` in pixels.
+        size: target ``(H, W)`` in pixels (bilinear resize); ``None`` keeps the file's size.
         in_channels: 1 (grayscale, ITU-R 601 luma) or 3 (RGB).
         max_pixels: larger images are rejected (decompression-bomb guard).
 
@@ -65,7 +65,7 @@ def read_image(data: bytes, size: tuple[int, int], in_channels: int = 1,
                 raise UnreadableImage(f"a {frames}-page TIFF (a 3D volume or a stack) among 2D images; "
                                       "give volumes in a 3D format with model.spatial_dims=3, or one "
                                       "image per file")
-            if image.format == "JPEG" and in_channels == 1 and image.mode in ("RGB", "L", "YCbCr"):
+            if size and image.format == "JPEG" and in_channels == 1 and image.mode in ("RGB", "L", "YCbCr"):
                 # decode at 1/2, 1/4 or 1/8 scale straight to luma, never below the target size
                 # (in either orientation: EXIF rotation is applied afterwards)
                 side = max(size[0], size[1])
@@ -94,8 +94,9 @@ def read_image(data: bytes, size: tuple[int, int], in_channels: int = 1,
         raise UnreadableImage(f"corrupt or truncated image ({err.__class__.__name__}: {err})") from None
 
     bands = image.split() if image.mode == "RGB" else [image]
-    arrays = [np.asarray(b.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=2.0),
-                         dtype=np.float32) for b in bands]
+    if size:
+        bands = [b.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=2.0) for b in bands]
+    arrays = [np.asarray(b, dtype=np.float32) for b in bands]
     array = np.stack(arrays)
     if array.shape[0] != in_channels:  # a grayscale file fed to an RGB model
         array = np.repeat(array, in_channels, axis=0)
@@ -187,7 +188,7 @@ def load_raw(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, 
 
     Returns:
         ``(array, full_scale, spacing)``: float32 ``(C, H, W)`` or ``(C, D, H, W)`` (2D
-        Pillow images are already resized to ``data.image_size``); the data type's full
+        Pillow images are already resized to ``data.image_size``, see :func:`pillow_size`); the data type's full
         scale for ``scale255``; the voxel spacing in mm per spatial axis, or None.
 
     Raises:
@@ -200,8 +201,7 @@ def load_raw(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, 
         if data is None:
             with open(path, "rb") as handle:
                 data = handle.read()
-        size = tuple(config.data.image_size[-2:])
-        array, full_scale = read_image(data, size, config.data.in_channels, config.data.max_pixels)
+        array, full_scale = read_image(data, pillow_size(config), config.data.in_channels, config.data.max_pixels)
         return array, full_scale, None
     if fmt == "npz":
         from .medmnist import item_dims, read_item
@@ -248,13 +248,24 @@ def probe(path: str) -> dict:
         raise UnreadableImage(f"not a readable image ({err.__class__.__name__})") from None
 
 
+def pillow_size(config) -> tuple[int, int] | None:
+    """The ``(H, W)`` Pillow resizes a 2D image to while decoding (bilinear, cheapest), or
+    None to decode at the file's size, for :func:`fit_to_size` to shrink by
+    ``preprocess.shrink='max'``."""
+    if config.preprocess.resize == "resize" and config.preprocess.shrink == "max":
+        return None
+    return tuple(config.data.image_size[-2:])
+
+
 def fit_to_size(array: np.ndarray, config, spacing=None) -> np.ndarray:
     """Resample/resize a raw ``(C, *spatial)`` array to the configured grid.
 
     With ``preprocess.spacing`` set and a known voxel spacing, volumes are first resampled
     to that spacing (MONAI ``Spacing``). Then, with ``preprocess.resize='resize'``, the array
-    is resized to ``data.image_size`` with MONAI ``Resize`` (``area`` when shrinking, which
-    averages like anti-aliasing; ``bilinear``/``trilinear`` when enlarging).
+    is resized to ``data.image_size`` with MONAI ``Resize``: when shrinking along every axis,
+    ``area`` (averages, like anti-aliasing) or, with ``preprocess.shrink='max'``, PyTorch
+    adaptive max-pooling (each output voxel is the maximum of its block, which keeps thin
+    bright structures of binary masks); otherwise ``bilinear``/``trilinear``.
 
     Raises:
         UnreadableImage: the array has a different number of spatial axes than
@@ -279,6 +290,10 @@ def fit_to_size(array: np.ndarray, config, spacing=None) -> np.ndarray:
     if list(array.shape[1:]) == target:
         return np.ascontiguousarray(array, np.float32)
     shrinking = all(t <= s for t, s in zip(target, array.shape[1:]))
+    if shrinking and config.preprocess.shrink == "max":
+        import torch
+        pool = torch.nn.functional.adaptive_max_pool3d if spatial_dims == 3 else torch.nn.functional.adaptive_max_pool2d
+        return pool(torch.from_numpy(np.ascontiguousarray(array, np.float32)), target).numpy()
     mode = "area" if shrinking else ("bilinear" if spatial_dims == 2 else "trilinear")
     out = Resize(spatial_size=target, mode=mode, anti_aliasing=False)(array)
     return np.asarray(out, np.float32)
