@@ -16,6 +16,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _operating_point(metrics: dict) -> dict:
+    """Accuracy and balanced accuracy at the validation-chosen threshold (binary tasks)."""
+    op = metrics.get("operating_point") or {}
+    found = {f"{key}_at_threshold": round(op[key], 4) for key in ("accuracy", "balanced_accuracy") if key in op}
+    if "threshold" in op:
+        found["threshold"] = round(op["threshold"], 4)
+    return found
+
+
 def run_seeds(default_data: Path, description: str, targets: dict[str, float], max_wall_s: float) -> None:
     """Parse ``--seeds --data --set``, train once per seed, print one JSON line.
 
@@ -49,6 +58,7 @@ def run_seeds(default_data: Path, description: str, targets: dict[str, float], m
             runs.append({"seed": seed, "accuracy": round(metrics["accuracy"], 4),
                          "roc_auc": round(metrics["roc_auc"], 4),
                          "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+                         **_operating_point(metrics),
                          "epochs_run": int(len(epochs)), "best_epoch": metrics.get("checkpoint_epoch"),
                          "median_epoch_s": round(float(epochs.epoch_time_s.median()), 2),
                          "wall_s": round(wall, 1)})

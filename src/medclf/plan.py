@@ -170,6 +170,7 @@ def _plan_3d(plan: dict, fp: dict) -> dict:
     plan["augment"].update({"batched": True, "prob": 0.0, "flip_prob": 0.5, "vertical_flip_prob": 0.5,
                             "depth_flip_prob": 0.5, "rot90_prob": 0.5, "noise_std": 0.0})
     n_train = sum(fp["counts"].get("train", {}).values())
-    plan["train"].update({"batch_size": int(max(4, min(32, n_train // 8 or 4))), "max_epochs": 20})
+    plan["train"].update({"batch_size": int(max(4, min(32, n_train // 8 or 4))), "max_epochs": 20,
+                          "ema_epochs": 2.0})
     plan["train"]["early_stopping"]["patience"] = 10
     return plan
