@@ -80,27 +80,33 @@ def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path)
     space.write_text("train.lr: [1.0e-3, 3.0e-3]\nmodel.dropout: {low: 0.0, high: 0.3, step: 0.3}\n"
                      "model.filters: {choices: [[8, 16], [8]]}\n")  # 2 x 2 x 2 = 8 points
     out = tmp_path / "searches"
-    command = tune_command(tiny_dataset, space, out, "--sampler", "grid", "--trials", "5", "--name", "grid")
-    search = out / "grid"
-    first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed_at = None
-    deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None:
-        time.sleep(0.3)
-        if not (search / "study.db").exists():
-            continue
-        try:
-            trials = _study(search).trials
-        except Exception:  # noqa: BLE001  (study not created yet)
-            continue
-        done = [t for t in trials if t.state.is_finished()]
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "pid" in t.user_attrs]
-        if len(done) >= 2 and running:
-            first.send_signal(signal.SIGKILL)  # no clean-up at all: the trial stays RUNNING
-            killed_at = running[0].number
+    for attempt in range(3):  # a kill can land just after a trial finished: then try again
+        name = f"grid{attempt}"
+        command = tune_command(tiny_dataset, space, out, "--sampler", "grid", "--trials", "5", "--name", name)
+        search = out / name
+        first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        killed_at = None
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None:
+            time.sleep(0.3)
+            if not (search / "study.db").exists():
+                continue
+            try:
+                trials = _study(search).trials
+            except Exception:  # noqa: BLE001  (study not created yet)
+                continue
+            done = [t for t in trials if t.state.is_finished()]
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "pid" in t.user_attrs]
+            if len(done) >= 2 and running:
+                first.send_signal(signal.SIGKILL)  # no clean-up at all: the trial stays RUNNING
+                killed_at = running[0].number
+                break
+        first.wait(timeout=60)
+        assert killed_at is not None, f"search ended before it could be killed: {first.stderr.read()[-2000:]}"
+        if _study(search).trials[killed_at].state == optuna.trial.TrialState.RUNNING:
             break
-    first.wait(timeout=60)
-    assert killed_at is not None, f"search ended before it could be killed: {first.stderr.read()[-2000:]}"
+    else:
+        pytest.fail("in 3 attempts the kill always landed after the running trial had finished")
     assert _study(search).trials[killed_at].state == optuna.trial.TrialState.RUNNING
 
     again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
