@@ -179,11 +179,10 @@ def _plan_3d(plan: dict, fp: dict) -> dict:
         plan["preprocess"]["shrink"] = "max"
     plan["model"].update({"filters": [8, 16, 32, 64], "blocks_per_stage": 1, "stem_kernel_size": 3,
                           "stem_stride": 1, "stem_pool": False, "downsample": "maxpool", "dropout": 0.2})
-    plan["train"]["lr"] = 1e-3
     plan["augment"].update({"batched": True, "prob": 0.0, "flip_prob": 0.5, "vertical_flip_prob": 0.5,
                             "depth_flip_prob": 0.5, "rot90_prob": 0.5, "noise_std": 0.0})
     n_train = sum(fp["counts"].get("train", {}).values())
     plan["train"].update({"batch_size": int(max(4, min(32, n_train // 8 or 4))), "max_epochs": 20,
-                          "ema_epochs": 2.0})  # steadier best checkpoint: see the docstring
+                          "lr": 1e-3, "ema_epochs": 2.0})  # EMA: steadier best checkpoint, see the docstring
     plan["train"]["early_stopping"]["patience"] = 10
     return plan

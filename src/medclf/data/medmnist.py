@@ -13,6 +13,7 @@ package is installed and the network is reachable.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -27,7 +28,6 @@ from .readers import UnreadableImage
 SEPARATOR = "#"
 SPLITS = ("train", "val", "test")
 _ARRAYS: dict[tuple[str, float, str], np.ndarray] = {}
-_BINARY: dict[tuple[str, float, str], bool] = {}
 _LOCK = threading.Lock()
 
 
@@ -236,13 +236,12 @@ def probe_item(path: str) -> dict:
 
 def _binary(file: str, key: str) -> bool:
     """Whether an npz array holds two values, 0 and its maximum (checked once per array)."""
-    cache_key = (file, os.path.getmtime(file), key)
-    with _LOCK:
-        known = _BINARY.get(cache_key)
-    if known is None:
-        images = _array(file, key)
-        top = images.max() if images.size else 0
-        known = bool(top > 0 and np.all((images == 0) | (images == top)))
-        with _LOCK:
-            _BINARY[cache_key] = known
-    return known
+    return _binary_array(file, os.path.getmtime(file), key)
+
+
+@functools.lru_cache(maxsize=64)
+def _binary_array(file: str, stamp: float, key: str) -> bool:
+    """:func:`_binary` for one version (modification time ``stamp``) of the file."""
+    images = _array(file, key)
+    top = images.max() if images.size else 0
+    return bool(top > 0 and np.all((images == 0) | (images == top)))
