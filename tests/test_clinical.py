@@ -143,3 +143,26 @@ def test_tta_views_shift_and_flip_2d_and_3d():
     assert torch.equal(views[2][..., 0, :], x[..., 0, :])
     volume = torch.rand(1, 1, 4, 8, 8)
     assert all(v.shape == volume.shape for v in tta_views(volume, flip=False, shift=0.25))
+
+
+def test_tta_views_flip_a_volume_along_every_combination_of_axes():
+    volume = torch.rand(2, 1, 4, 6, 8)
+    views = tta_views(volume, flip=(-1, -2, -3), shift=0.0)
+    assert len(views) == 8
+    expected = [volume] + [volume.flip(dims) for dims in
+                           ([-1], [-2], [-3], [-1, -2], [-1, -3], [-2, -3], [-1, -2, -3])]
+    for view, want in zip(views, expected):
+        assert torch.equal(view, want)
+
+
+def test_tta_flip_axes_follow_the_training_augmentation():
+    from medclf.config import Config
+    from medclf.evaluation.run import tta_flip_axes
+    cfg = Config()
+    assert tta_flip_axes(cfg) == [-1]  # 2D default: left-right flips only
+    volume = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"spatial_dims": 3}),
+        "augment": cfg.augment.model_copy(update={"vertical_flip_prob": 0.5, "depth_flip_prob": 0.5})})
+    assert tta_flip_axes(volume) == [-1, -2, -3]
+    off = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"enabled": False})})
+    assert tta_flip_axes(off) == []

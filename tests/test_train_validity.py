@@ -46,6 +46,17 @@ def test_train_inspects_warns_and_reports_with_and_without_duplicates(tmp_path, 
     assert "operating threshold" in out and "ECE" in out and "test-time augmentation" in out
     predictions = pd.read_csv(run / "predictions.csv")
     assert predictions.duplicates_train.sum() == len(leaked)
+    # with eval.tta the averaged probabilities are the predictions: metrics and 'predicted' follow them
+    from sklearn.metrics import roc_auc_score
+    names = metrics["class_names"]
+    averaged = predictions[[f"tta_prob_{n}" for n in names]].to_numpy()
+    assert list(predictions.predicted) == [names[i] for i in averaged.argmax(axis=1)]
+    kept = ~predictions.duplicates_train.to_numpy()
+    positive = names.index(metrics["operating_point"]["positive_class"])
+    truth = (predictions.label.to_numpy()[kept] == names[positive]).astype(int)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(truth, averaged[kept, positive]), abs=1e-6)
+    one_pass = predictions[f"prob_{names[positive]}"].to_numpy()[kept]
+    assert metrics["tta"]["without_tta"]["roc_auc"] == pytest.approx(roc_auc_score(truth, one_pass), abs=1e-6)
 
     # the validation split holds a near copy of a training image (two of the generated disks
     # look alike), which training drops before choosing the threshold: evaluate must drop
@@ -62,4 +73,5 @@ def test_train_inspects_warns_and_reports_with_and_without_duplicates(tmp_path, 
     assert again["n"] == metrics["n"]
     assert again["calibration"]["temperature"] == pytest.approx(metrics["calibration"]["temperature"], abs=1e-6)
     assert again["calibration"]["ece"] == pytest.approx(metrics["calibration"]["ece"], abs=1e-6)
-    assert again["tta"]["roc_auc"] == pytest.approx(metrics["tta"]["roc_auc"], abs=1e-6)
+    assert again["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-6)
+    assert again["tta"]["without_tta"]["roc_auc"] == pytest.approx(metrics["tta"]["without_tta"]["roc_auc"], abs=1e-6)

@@ -173,12 +173,14 @@ def test_train_3d_from_npz_end_to_end(tmp_path):
     assert split.path.str.contains(r"blobs3d.npz#(?:train|val|test)/\d+$").all()
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["n"] == 12 and 0 <= test["roc_auc"] <= 1
+    assert test["tta"]["views"] == 8  # the 3D plan: predictions average the 8 flips of a volume
     _, again = medclf.evaluate(run)
     assert again["roc_auc"] == test["roc_auc"]
     out, other = medclf.evaluate(run, data=path)  # the npz's test split, evaluated apart
     assert out == run / "evaluations" / "blobs3d.npz" and other["roc_auc"] == test["roc_auc"]
     frame = medclf.predict(run, [f"{path}#test/0", f"{path}#test/1"])
     assert (frame.error == "").all() and frame.probability.between(0, 1).all()
+    assert (frame.tta_views == 8).all()
 
 
 @pytest.mark.skipif(not ADRENAL.is_file(), reason=f"real data not found at {ADRENAL}")
@@ -268,6 +270,7 @@ def test_plans_for_large_2d_small_2d_and_3d():
                           "readers": {"nifti": 400}})
     assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]
     assert volume["augment"]["batched"] is True and volume["preprocess"]["normalization"] == "percentile"
+    assert volume["eval"]["tta"] is True and small["eval"]["tta"] is False
     Config.model_validate(volume)
 
 

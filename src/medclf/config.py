@@ -183,7 +183,7 @@ class EvalConfig(_Section):
     positive_class: Optional[str] = Field(None, description="Binary tasks: name of the positive class (default: the second class in sorted order).")
     calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of the expected/maximum calibration error and the reliability diagram.")
     temperature_scaling: bool = Field(False, description="Fit a softmax temperature on the validation split (Guo et al. 2017) and report calibration before and after.")
-    tta: bool = Field(False, description="Test-time augmentation: also predict flipped (when augment flips are on) and slightly shifted copies and average; reported beside plain predictions.")
+    tta: bool = Field(False, description="Test-time augmentation: also predict flipped copies (every combination of the axes that the training augmentation flips: 2 views of a 2D image with left-right flips, 8 of a volume flipped along all three axes) and slightly shifted copies, and average the probabilities. These averages are then the predictions: the test metrics, the operating threshold (chosen on validation views alike) and `medclf predict` use them; the one-pass metrics are reported beside (tta.without_tta). Planned on for volumes.")
     tta_shift: float = Field(0.03, ge=0, lt=0.5, description="Shift of the TTA copies as a fraction of the image size.")
     drop_duplicates: bool = Field(False, description="Drop validation/test images that duplicate (exactly or nearly) training images from the evaluation (metrics with them are reported too).")
 

@@ -2,6 +2,7 @@
 threshold, calibration (ECE, MCE, temperature scaling) and test-time augmentation."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -178,13 +179,20 @@ def fit_temperature(y_true, probabilities) -> float:
     return float(math.exp(result.x))
 
 
-def tta_views(images: torch.Tensor, flip: bool, shift: float) -> list[torch.Tensor]:
-    """Deterministic test-time views of images ``(N, C, *spatial)``: the originals, a
-    left-right flip (when ``flip``) and four shifts by ``shift`` of the image size (edge
-    pixels repeated), along the last two axes."""
+def tta_views(images: torch.Tensor, flip, shift: float) -> list[torch.Tensor]:
+    """Deterministic test-time views of images ``(N, C, H, W)`` or volumes ``(N, C, D, H, W)``.
+
+    The originals; flipped copies along every non-empty subset of the flip axes (``flip``:
+    True for the last axis only, or a sequence of axes such as ``(-1, -2, -3)``, which gives
+    all 7 flips of a volume); and four shifts by ``shift`` of the image size (edge pixels
+    repeated) along the last two axes. Flip TTA: e.g. Simonyan & Zisserman 2015; shifts as
+    in the "multi-crop" evaluation of Krizhevsky et al. 2012.
+    """
     views = [images]
-    if flip:
-        views.append(torch.flip(images, dims=[-1]))
+    axes = [-1] if flip is True else list(flip or [])
+    for k in range(1, len(axes) + 1):
+        for subset in itertools.combinations(axes, k):
+            views.append(torch.flip(images, dims=list(subset)))
     h, w = images.shape[-2:]
     dy, dx = int(round(shift * h)), int(round(shift * w))
     if dy or dx:

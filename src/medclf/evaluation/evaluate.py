@@ -54,7 +54,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     probabilities = predict_probabilities(model, images, run.config.eval.batch_size,
                                           pick_device(run.config.trainer.accelerator))
     device = pick_device(run.config.trainer.accelerator)
-    val_labels = val_probabilities = None
+    val_labels = val_probabilities = val_tta = None
     split = run.split()
     val_frame = split[split.split == "val"]
     if len(val_frame):  # the operating threshold and temperature come from the run's validation split
@@ -64,16 +64,20 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
             update={"data": run.config.data.model_copy(update={"on_bad_file": "skip"})}))
         val_labels = pd.Series(val_kept.labels("test")).to_numpy()
         val_probabilities = predict_probabilities(model, val_images, run.config.eval.batch_size, device)
+        if run.config.eval.tta:
+            val_tta = predict_tta(model, val_images, run.config, device)[0]
         if run.config.eval.drop_duplicates:  # as in training: val copies of training images out
             val_drop = _leaked(run, val_kept.frame, data, split="val", always=True)
             if val_drop is not None:
                 val_labels, val_probabilities = val_labels[~val_drop], val_probabilities[~val_drop]
+                val_tta = val_tta[~val_drop] if val_tta is not None else None
     tta, views = (predict_tta(model, images, run.config, device) if run.config.eval.tta else (None, 0))
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
     metrics = write_evaluation(out, kept.frame, probabilities, labels, run.class_names, checkpoint, extra,
                                config=run.config, val_labels=val_labels, val_probabilities=val_probabilities,
-                               tta_probabilities=tta, tta_views_count=views, drop=_leaked(run, kept.frame, data))
+                               tta_probabilities=tta, tta_views_count=views, val_tta_probabilities=val_tta,
+                               drop=_leaked(run, kept.frame, data))
     if data is None:  # the run's own test split: refresh its gallery and report
         from ..postrun import after_evaluation
         after_evaluation(run.path, run.config)

@@ -33,14 +33,30 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_si
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
 
 
+def tta_flip_axes(config) -> list[int]:
+    """The axes that the training augmentation flips (the only flips a test-time view may
+    use: a model trained without up-down flips has not learned up-down symmetry): ``-1``
+    with ``augment.flip_prob``, ``-2`` with ``vertical_flip_prob``, ``-3`` (volumes) with
+    ``depth_flip_prob``."""
+    aug = config.augment
+    if not aug.enabled:
+        return []
+    axes = [-1] if aug.flip_prob > 0 else []
+    if aug.vertical_flip_prob > 0:
+        axes.append(-2)
+    if config.model.spatial_dims == 3 and aug.depth_flip_prob > 0:
+        axes.append(-3)
+    return axes
+
+
 @torch.no_grad()
 def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: torch.device | None = None
                 ) -> tuple[np.ndarray, int]:
     """Test-time augmentation: mean softmax probabilities ``(N, num_classes)`` over the views
-    of :func:`~medclf.evaluation.clinical.tta_views` (flip only when the training augmentation
-    flips, shifts of ``eval.tta_shift``). Returns ``(probabilities, number of views)``."""
-    flip = config.augment.enabled and config.augment.flip_prob > 0
-    views = tta_views(images, flip, config.eval.tta_shift)
+    of :func:`~medclf.evaluation.clinical.tta_views` (flips along the axes of
+    :func:`tta_flip_axes`, in every combination; shifts of ``eval.tta_shift``).
+    Returns ``(probabilities, number of views)``."""
+    views = tta_views(images, tta_flip_axes(config), config.eval.tta_shift)
     probs = [predict_probabilities(model, v, config.eval.batch_size, device) for v in views]
     return np.mean(probs, axis=0), len(views)
 
@@ -57,7 +73,8 @@ def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.n
 def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndarray,
                      labels: np.ndarray, class_names: list[str], checkpoint: str,
                      extra: dict | None = None, config=None, val_labels=None, val_probabilities=None,
-                     tta_probabilities=None, tta_views_count: int = 0, drop: np.ndarray | None = None) -> dict:
+                     tta_probabilities=None, tta_views_count: int = 0, drop: np.ndarray | None = None,
+                     val_tta_probabilities=None) -> dict:
     """Write predictions.csv, test_metrics.json, confusion-matrix, ROC and reliability plots.
 
     Args:
@@ -70,6 +87,11 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
         val_probabilities: float ``(M, num_classes)`` validation probabilities of the same
             checkpoint (operating threshold, temperature scaling).
         tta_probabilities: ``(N, num_classes)`` test-time-augmented probabilities, or None.
+            When given, they are the predictions (as in ``medclf predict``): the metrics,
+            ``predicted`` and the plots come from them, and the one-pass metrics are
+            reported under ``tta.without_tta``.
+        val_tta_probabilities: ``(M, num_classes)`` test-time-augmented validation
+            probabilities (the operating threshold and temperature then come from them).
         drop: bool ``(N,)``: test images duplicating training images. Metrics without them
             are always added; with ``eval.drop_duplicates`` they become the main metrics.
 
@@ -82,18 +104,23 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
     drop = np.zeros(n, dtype=bool) if drop is None else np.asarray(drop, dtype=bool)
     keep = ~drop if (config.eval.drop_duplicates and drop.any()) else np.ones(n, dtype=bool)
 
+    plain_probabilities = probabilities
+    if tta_probabilities is not None:  # the predictions a user gets are the averaged ones
+        probabilities = tta_probabilities
+        if val_tta_probabilities is not None:
+            val_probabilities = val_tta_probabilities
+
     def evaluate(mask):
         return clinical_metrics(labels[mask], probabilities[mask], class_names, config.eval, config.seed,
                                 val_labels, val_probabilities)
 
     metrics = evaluate(keep)
     if tta_probabilities is not None:
-        tta = classification_metrics(labels[keep], tta_probabilities[keep], class_names)
-        metrics["tta"] = {"views": tta_views_count, "accuracy": tta["accuracy"],
-                          "balanced_accuracy": tta["balanced_accuracy"], "roc_auc": tta["roc_auc"],
-                          "ece": calibration_error(labels[keep], tta_probabilities[keep],
-                                                   config.eval.calibration_bins)["ece"],
-                          "per_class": tta["per_class"]}
+        plain = classification_metrics(labels[keep], plain_probabilities[keep], class_names)
+        metrics["tta"] = {"views": tta_views_count, "without_tta": {
+            "accuracy": plain["accuracy"], "balanced_accuracy": plain["balanced_accuracy"],
+            "roc_auc": plain["roc_auc"], "per_class": plain["per_class"],
+            "ece": calibration_error(labels[keep], plain_probabilities[keep], config.eval.calibration_bins)["ece"]}}
     if drop.any():
         other = evaluate(~drop) if not config.eval.drop_duplicates else evaluate(np.ones(n, dtype=bool))
         summary = {k: other[k] for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "roc_auc_ci",
@@ -108,7 +135,7 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
     predictions = pd.DataFrame({"path": frame.path.to_numpy(), "label": frame.label.to_numpy(),
                                 "predicted": [class_names[i] for i in probabilities.argmax(axis=1)]})
     for c, name in enumerate(class_names):
-        predictions[f"prob_{name}"] = probabilities[:, c]
+        predictions[f"prob_{name}"] = plain_probabilities[:, c]
     op = metrics.get("operating_point")
     if op:
         pos = class_names.index(op["positive_class"])

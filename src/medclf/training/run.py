@@ -323,6 +323,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
         val_images, val_labels = splits["val"]
         val_probabilities = predict_probabilities(module.model, val_images, cfg.eval.batch_size, device)
         tta, views = predict_tta(module.model, test_images, cfg, device) if cfg.eval.tta else (None, 0)
+        val_tta = predict_tta(module.model, val_images, cfg, device)[0] if cfg.eval.tta else None
     except (MemoryError, RuntimeError) as err:
         if is_out_of_memory(err):
             raise out_of_memory_advice(cfg, "evaluation (lower eval.batch_size)", err) from None
@@ -331,6 +332,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     if cfg.eval.drop_duplicates:
         keep = ~val_frame.path.isin(leaks["val"]).to_numpy()
         val_probabilities, val_labels = val_probabilities[keep], val_labels[torch.from_numpy(keep)]
+        val_tta = val_tta[keep] if val_tta is not None else None
     test_frame = manifest.frame[manifest.frame.split == "test"]
     epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
@@ -341,7 +343,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
                                manifest.class_names, str(checkpoint.relative_to(run_dir)), extra,
                                config=cfg, val_labels=val_labels.numpy(), val_probabilities=val_probabilities,
-                               tta_probabilities=tta, tta_views_count=views,
+                               tta_probabilities=tta, tta_views_count=views, val_tta_probabilities=val_tta,
                                drop=test_frame.path.isin(leaks["test"]).to_numpy())
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
