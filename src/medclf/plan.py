@@ -109,6 +109,7 @@ def plan_config(fp: dict) -> dict:
 
 
 IMBALANCE_RATIO = 2.0
+STRONG_IMBALANCE_RATIO = 4.0  # the minority under 20 %: "moderate" imbalance in Google's ML Crash Course terms
 
 
 def _plan_sampler(plan: dict, fp: dict) -> dict:
@@ -124,10 +125,24 @@ def _plan_sampler(plan: dict, fp: dict) -> dict:
     balanced batches gave test ROC AUC 0.903 +- 0.001 and balanced accuracy 0.807, against
     0.900 +- 0.003 and 0.747 with class weights (whose threshold-0.5 predictions also
     collapsed to nearly all positive for one seed: accuracy 0.456).
+
+    Output prior (``train.output_prior``): under mild imbalance (largest class under
+    ``STRONG_IMBALANCE_RATIO`` = 4 times the smallest, a minority of 20 % or more) the
+    training split likely shows the prevalence the model will meet, so the logits are
+    shifted back to its class frequencies after balanced training ('training'): calibrated
+    probabilities whose arg-max maximises accuracy. Stronger imbalance usually comes from
+    how a set was collected or reduced (PneumoniaMNIST's copy: 1:9 in training, 3:5 in
+    test), so the outputs stay prevalence-free ('balanced'). Measured on AdrenalMNIST3D
+    (3.6:1; 1-thread harness, seeds 2 and 4, flip TTA): balanced batches then the shift
+    gave test ROC AUC 0.919 / 0.917 and accuracy 0.876 / 0.869; no reweighting at all
+    0.914 / 0.914 and 0.862 / 0.869; balanced batches without the shift 0.785 / 0.789
+    accuracy.
     """
     sizes = [n for n in fp.get("counts", {}).get("train", {}).values() if n > 0]
     if len(sizes) >= 2 and max(sizes) >= IMBALANCE_RATIO * min(sizes):
         plan["train"]["sampler"] = "balanced"
+    if len(sizes) >= 2 and max(sizes) < STRONG_IMBALANCE_RATIO * min(sizes):
+        plan["train"]["output_prior"] = "training"
     return plan
 
 

@@ -10,6 +10,7 @@ import torch
 from .. import rundir
 from ..io import write_csv, write_json
 from ..models import create_model
+from ..models.prior import apply_output_prior
 from . import plots
 from .clinical import calibration_error, clinical_metrics, tta_views
 from .metrics import classification_metrics
@@ -64,10 +65,20 @@ def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: to
 def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.nn.Module:
     """The run's network with the weights of its best (else last) checkpoint, in eval mode.
 
-    Checkpoints are read with ``weights_only=True``.
+    Checkpoints are read with ``weights_only=True``. The logits are shifted to
+    ``train.output_prior`` (:func:`medclf.models.prior.apply_output_prior`), as after training.
     """
     model_cfg = run.config.model.model_copy(update={"weights": str(checkpoint or run.checkpoint)})
-    return create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
+    model = create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
+    apply_output_prior(model, training_counts(run.split(), run.class_names), run.config.train)
+    return model
+
+
+def training_counts(split: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+    """Training images per class ``(num_classes,)``, in class-name order, from a split table
+    (``path``, ``label``, ``split``)."""
+    train = split[split.split == "train"].label.astype(str).value_counts()
+    return np.array([int(train.get(name, 0)) for name in class_names])
 
 
 def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndarray,

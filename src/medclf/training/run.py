@@ -23,7 +23,8 @@ from ..postrun import after_evaluation
 from ..data.datamodule import ImageDataModule
 from ..data.discover import Manifest, discover_source, ignore_reason
 from ..data.prepare import prepare_splits
-from ..evaluation.run import pick_device, predict_probabilities, predict_tta, write_evaluation
+from ..evaluation.run import pick_device, predict_probabilities, predict_tta, training_counts, write_evaluation
+from ..models.prior import apply_output_prior
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
@@ -316,6 +317,8 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     checkpoint = best if best.exists() else run_dir / rundir.LAST
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(saved["state_dict"])
+    # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
+    apply_output_prior(module.model, training_counts(manifest.frame, manifest.class_names), cfg.train)
     device = pick_device(cfg.trainer.accelerator)
     test_images, test_labels = splits["test"]
     try:
