@@ -52,7 +52,7 @@ def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None
         images = torch.from_numpy(np.stack([arrays[i] for i in good]))
         probabilities[good] = predict_probabilities(model, images, run.config.eval.batch_size, device)
         if tta:
-            tta_probabilities[good], views = predict_tta(model, images, run.config, device)
+            tta_probabilities[good], views = predict_tta(model, images, run.config, device, probabilities[good])
     shown = tta_probabilities if tta else probabilities
     frame = pd.DataFrame({"path": paths})
     best = np.nan_to_num(shown, nan=-1).argmax(axis=1)

@@ -51,9 +51,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     images, kept, bad = prepare_images(manifest, run.config)
     labels = pd.Series(kept.labels("test")).to_numpy()
     model = load_model(run)
-    probabilities = predict_probabilities(model, images, run.config.eval.batch_size,
-                                          pick_device(run.config.trainer.accelerator))
     device = pick_device(run.config.trainer.accelerator)
+    probabilities = predict_probabilities(model, images, run.config.eval.batch_size, device)
     val_labels = val_probabilities = val_tta = None
     split = run.split()
     val_frame = split[split.split == "val"]
@@ -65,13 +64,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         val_labels = pd.Series(val_kept.labels("test")).to_numpy()
         val_probabilities = predict_probabilities(model, val_images, run.config.eval.batch_size, device)
         if run.config.eval.tta:
-            val_tta = predict_tta(model, val_images, run.config, device)[0]
+            val_tta = predict_tta(model, val_images, run.config, device, val_probabilities)[0]
         if run.config.eval.drop_duplicates:  # as in training: val copies of training images out
             val_drop = _leaked(run, val_kept.frame, data, split="val", always=True)
             if val_drop is not None:
                 val_labels, val_probabilities = val_labels[~val_drop], val_probabilities[~val_drop]
                 val_tta = val_tta[~val_drop] if val_tta is not None else None
-    tta, views = (predict_tta(model, images, run.config, device) if run.config.eval.tta else (None, 0))
+    tta, views = (predict_tta(model, images, run.config, device, probabilities) if run.config.eval.tta else (None, 0))
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
     metrics = write_evaluation(out, kept.frame, probabilities, labels, run.class_names, checkpoint, extra,

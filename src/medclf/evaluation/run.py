@@ -51,14 +51,17 @@ def tta_flip_axes(config) -> list[int]:
 
 
 @torch.no_grad()
-def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: torch.device | None = None
-                ) -> tuple[np.ndarray, int]:
+def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: torch.device | None = None,
+                one_pass: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Test-time augmentation: mean softmax probabilities ``(N, num_classes)`` over the views
     of :func:`~medclf.evaluation.clinical.tta_views` (flips along the axes of
     :func:`tta_flip_axes`, in every combination; shifts of ``eval.tta_shift``).
+    ``one_pass``: the probabilities ``(N, num_classes)`` of the unchanged images when the
+    caller has them already (the first view is then not predicted again).
     Returns ``(probabilities, number of views)``."""
     views = tta_views(images, tta_flip_axes(config), config.eval.tta_shift)
-    probs = [predict_probabilities(model, v, config.eval.batch_size, device) for v in views]
+    probs = [one_pass if i == 0 and one_pass is not None
+             else predict_probabilities(model, v, config.eval.batch_size, device) for i, v in enumerate(views)]
     return np.mean(probs, axis=0), len(views)
 
 

@@ -325,8 +325,8 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
         probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size, device)
         val_images, val_labels = splits["val"]
         val_probabilities = predict_probabilities(module.model, val_images, cfg.eval.batch_size, device)
-        tta, views = predict_tta(module.model, test_images, cfg, device) if cfg.eval.tta else (None, 0)
-        val_tta = predict_tta(module.model, val_images, cfg, device)[0] if cfg.eval.tta else None
+        tta, views = predict_tta(module.model, test_images, cfg, device, probabilities) if cfg.eval.tta else (None, 0)
+        val_tta = predict_tta(module.model, val_images, cfg, device, val_probabilities)[0] if cfg.eval.tta else None
     except (MemoryError, RuntimeError) as err:
         if is_out_of_memory(err):
             raise out_of_memory_advice(cfg, "evaluation (lower eval.batch_size)", err) from None
