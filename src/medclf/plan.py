@@ -179,8 +179,8 @@ def _plan_3d(plan: dict, fp: dict) -> dict:
     Measured on AdrenalMNIST3D 64^3 (``bench/adrenal3d.py``, seeds 0-2, test ROC AUC /
     accuracy / balanced accuracy, mean): this plan (with flip TTA and the output shifted to
     the training prevalence) 0.912 / 0.864 / 0.749, at most 335 s a run with one core each;
-    without TTA and the shift 0.903 / 0.792 / 0.807; the previous plan (area shrinking, strided 16-32-64 network, class
-    weights, no average) 0.874 / 0.809. Variants of this plan: class weights instead of
+    without TTA and the shift 0.903 / 0.792 / 0.807; the previous plan (area shrinking,
+    strided 16-32-64 network, class weights, no average) 0.874 / 0.809. Variants of this plan: class weights instead of
     balanced batches 0.900 / 0.669 / 0.747; neither 0.896 / 0.858 / 0.759; balanced batches
     without the average 0.896 / 0.815 / 0.725. In a one-thread harness (seed 0) the same
     network gave 0.911 on max-pooled input against 0.891 on area-averaged input, and the
