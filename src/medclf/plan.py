@@ -188,14 +188,18 @@ def _plan_3d(plan: dict, fp: dict) -> dict:
     network gains.
     """
     plan["model"]["spatial_dims"] = 3
-    median = [s for s in fp["median_size"] if s > 0] or [32, 32, 32]
-    scale = min(1.0, 32.0 / max(median))
+    binary = bool(fp.get("binary"))
+    grid = 64 if binary else 32  # masks: the projections see up to 64 voxels a side, the 3D network 32
+    median = [s for s in fp["median_size"] if s > 0] or [grid] * 3
+    scale = min(1.0, grid / max(median))
     plan["data"]["image_size"] = [max(4, int(round(s * scale))) for s in fp["median_size"]] \
-        if len(fp["median_size"]) == 3 and min(fp["median_size"]) > 0 else [32, 32, 32]
+        if len(fp["median_size"]) == 3 and min(fp["median_size"]) > 0 else [grid] * 3
     if _all_uint8_arrays(fp):
         plan["preprocess"]["normalization"] = "scale255"
-    if fp.get("binary"):
+    if binary:
         plan["preprocess"]["shrink"] = "max"
+        plan["model"].update({"projection_branch": True,
+                              "volume_pool": int(max(plan["data"]["image_size"]) > 32)})
     plan["model"].update({"filters": [8, 16, 32, 64], "blocks_per_stage": 1, "stem_kernel_size": 3,
                           "stem_stride": 1, "stem_pool": False, "downsample": "maxpool", "dropout": 0.2})
     plan["augment"].update({"batched": True, "prob": 0.0, "flip_prob": 0.5, "vertical_flip_prob": 0.5,

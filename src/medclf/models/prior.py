@@ -77,7 +77,9 @@ def apply_output_prior(model: nn.Module, counts, train_cfg) -> np.ndarray:
     """
     shift = logit_shift(counts, train_cfg)
     if np.abs(shift).max() > 0:
-        layer = last_linear(model, len(shift))
+        # a fusion of several networks (mean of their logits) shifts each one's classifier
+        layers = model.classifiers() if hasattr(model, "classifiers") else [last_linear(model, len(shift))]
         with torch.no_grad():
-            layer.bias.add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))
+            for layer in layers:
+                layer.bias.add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))
     return shift
