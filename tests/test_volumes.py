@@ -271,7 +271,17 @@ def test_plans_for_large_2d_small_2d_and_3d():
     assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]
     assert volume["augment"]["batched"] is True and volume["preprocess"]["normalization"] == "percentile"
     assert volume["eval"]["tta"] is True and small["eval"]["tta"] is False
+    assert volume["model"].get("projection_branch", False) is False
     Config.model_validate(volume)
+    # binary masks: up to 64 voxels a side for the projection branch, the 3D branch pooled to 32
+    masks = plan_config({"spatial_dims": 3, "median_size": [80, 128, 128], "counts": counts,
+                         "readers": {"npz": 400}, "binary": True})
+    assert masks["data"]["image_size"] == [40, 64, 64] and masks["preprocess"]["shrink"] == "max"
+    assert masks["model"]["projection_branch"] is True and masks["model"]["volume_pool"] == 1
+    small_masks = plan_config({"spatial_dims": 3, "median_size": [16, 24, 24], "counts": counts,
+                               "readers": {"npz": 400}, "binary": True})
+    assert small_masks["data"]["image_size"] == [16, 24, 24] and small_masks["model"]["volume_pool"] == 0
+    Config.model_validate(masks)
 
 
 @pytest.mark.parametrize("train_counts, sampler", [
@@ -286,3 +296,32 @@ def test_imbalanced_training_split_gets_balanced_batches(train_counts, sampler):
                             "test": {k: 10 for k in train_counts}}, "readers": {"image": 1}})
         assert plan["train"]["sampler"] == sampler
         assert Config.model_validate(plan).train.sampler == sampler
+
+
+def test_binary_masks_train_the_projection_branch_end_to_end(tmp_path):
+    """Masks plan the fused 2D-projection + 3D network; training, evaluation, prediction and
+    Grad-CAM all run on it."""
+    from medclf.explain import explain_image
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        labels = np.arange(n) % 2
+        masks = np.zeros((n, 16, 16, 16), np.uint8)
+        for i, label in enumerate(labels):  # a cube or a flat slab, at a random place
+            z, y, x = rng.integers(2, 8, 3)
+            masks[i, z:z + (6 if label else 2), y:y + 6, x:x + 6] = 255
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = masks, labels[:, None].astype(np.uint8)
+    path = tmp_path / "masks.npz"
+    np.savez(path, **arrays)
+    result = medclf.train(path, overrides=["train.max_epochs=2"], out=tmp_path / "runs", name="masks",
+                          progress=False)
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert config["model"]["projection_branch"] is True and config["model"]["volume_pool"] == 0
+    assert "projections" in (result.run_dir / "architecture.txt").read_text()
+    _, again = medclf.evaluate(result.run_dir)
+    assert again["roc_auc"] == result.metrics["roc_auc"] and result.metrics["n"] == 8
+    frame = medclf.predict(result.run_dir, [f"{path}#test/0"])
+    assert (frame.error == "").all() and frame.probability.between(0, 1).all()
+    explanation = explain_image(result.run_dir, arrays["test_images"][1])
+    assert explanation.heatmap.shape == (16, 16, 16) and np.isfinite(explanation.heatmap).all()
+    assert abs(sum(explanation.probabilities.values()) - 1) < 1e-5

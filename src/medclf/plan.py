@@ -154,16 +154,22 @@ def _all_uint8_arrays(fp: dict) -> bool:
 def _plan_3d(plan: dict, fp: dict) -> dict:
     """Defaults for volumes ``(C, D, H, W)``, designed for a 2-core CPU.
 
-    * Grid: volumes are shrunk so that the longest side is at most 32 voxels: a 64^3
-      volume has 8x fewer voxels at 32^3, and 3D convolution cost grows with the voxel
-      count. Intensity volumes are averaged (``area``); binary volumes (segmentation
-      masks, ``fp["binary"]``) are max-pooled (``preprocess.shrink='max'``), which keeps
-      thin structures one voxel wide that averaging fades to grey.
+    * Grid: intensity volumes are shrunk (averaged, ``area``) so that the longest side is at
+      most 32 voxels: a 64^3 volume has 8x fewer voxels at 32^3, and 3D convolution cost
+      grows with the voxel count. Binary volumes (segmentation masks, ``fp["binary"]``) keep
+      up to 64 voxels a side for the projection branch (below) and are shrunk by
+      max-pooling (``preprocess.shrink='max'``), which keeps thin structures one voxel wide
+      that averaging fades to grey.
     * Network: ``small_cnn`` as a plain VGG-style CNN: four conv-BN-ReLU blocks of stride 1
       (8, 16, 32, 64 channels, kernel 3), each followed by a 2x max-pool, global average
       pooling, linear (73 K parameters): the plain 3D CNN of the tutorials, which a strided
       stem and strided stages (averaging, not max) do not match on masks.
       Peak learning rate 1e-3.
+    * Masks add a projection branch (``model.projection_branch``,
+      :class:`~medclf.models.projection.VolumeAndProjections`): a 2D network of the same
+      style (16-128 channels) on the mean and maximum projections along each axis, at up to
+      64 x 64, averaged (logits) with the 3D network, which sees the mask max-pooled once
+      more (``model.volume_pool=1``) to at most 32^3.
     * Augmentation: flips along every axis and 90-degree rotations in the last two axes
       (cheap, exact, no interpolation), batched; the random affine is off (costly in 3D on
       a CPU).
