@@ -27,9 +27,10 @@ def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
     """Build the network named by ``model_config.name``.
 
     The network maps ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes to
-    logits ``(N, num_classes)``. With ``model_config.projection_branch`` (3D only) it is wrapped
-    in :class:`~medclf.models.projection.VolumeAndProjections`. Weight initialisation follows ``model_config.init``; if
-    ``model_config.weights`` names a file, those weights are loaded on top.
+    logits ``(N, num_classes)``. With ``model_config.projection_branch`` (3D only) it is
+    wrapped in :class:`~medclf.models.projection.VolumeAndProjections`. Weight
+    initialisation follows ``model_config.init``; if ``model_config.weights`` names a file,
+    those weights are loaded on top.
 
     Raises:
         ConfigError: unknown model name, a projection branch on 2D images, or weights that
@@ -46,8 +47,8 @@ def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
             raise ConfigError("model.projection_branch: needs volumes (model.spatial_dims=3), "
                               f"got spatial_dims={model_config.spatial_dims}")
         from .projection import ProjectionCNN, VolumeAndProjections
-        model = VolumeAndProjections(model, ProjectionCNN(in_channels, num_classes, model_config.projection_filters,
-                                                          model_config.dropout), model_config.volume_pool)
+        projections = ProjectionCNN(in_channels, num_classes, model_config.projection_filters, model_config.dropout)
+        model = VolumeAndProjections(model, projections, model_config.volume_pool)
     initialise(model, model_config.init)
     if model_config.weights:
         load_weights(model, model_config.weights)
