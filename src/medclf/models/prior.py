@@ -78,7 +78,7 @@ def apply_output_prior(model: nn.Module, counts, train_cfg) -> np.ndarray:
     shift = logit_shift(counts, train_cfg)
     if np.abs(shift).max() > 0:
         # a fusion of several networks (mean of their logits) shifts each one's classifier
-        layers = model.classifiers() if hasattr(model, "classifiers") else [last_linear(model, len(shift))]
+        layers = [last_linear(branch, len(shift)) for branch in getattr(model, "branches", lambda: [model])()]
         with torch.no_grad():
             for layer in layers:
                 layer.bias.add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))

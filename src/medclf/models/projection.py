@@ -83,10 +83,10 @@ class VolumeAndProjections(nn.Module):
         self.shrink = nn.Sequential(*[nn.MaxPool3d(2, ceil_mode=True) for _ in range(volume_pool)])
         self.volume = volume
 
-    def classifiers(self) -> list[nn.Linear]:
-        """The final linear layer of each branch (an output bias shift applies to both)."""
-        return [[m for m in branch.modules() if isinstance(m, nn.Linear)][-1]
-                for branch in (self.projections, self.volume)]
+    def branches(self) -> list[nn.Module]:
+        """The fused networks, each ending in its own classifier (an output bias shift,
+        :func:`~medclf.models.prior.apply_output_prior`, applies to each)."""
+        return [self.projections, self.volume]
 
     def forward(self, x):
         from_projections = self.projections(x)  # first: the 3D branch holds the last convolution
