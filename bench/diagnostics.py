@@ -38,7 +38,7 @@ def main() -> None:
 
     from medclf.config import deep_merge, parse_overrides, validate
     from medclf.data.datamodule import ImageDataModule
-    from medclf.data.discover import discover
+    from medclf.data.sources.folder import discover
     from medclf.data.prepare import prepare_splits
     from medclf.models import create_model
     from medclf.plan import fingerprint, plan_config

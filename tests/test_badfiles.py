@@ -9,9 +9,10 @@ import pytest
 
 from medclf.cli import main
 from medclf.config import Config
-from medclf.data.discover import discover, ignore_reason
+from medclf.data.sources.folder import discover, ignore_reason
 from medclf.data.prepare import prepare_splits
-from medclf.data.readers import UnreadableImage, read_image
+from medclf.data.formats.image import read_image
+from medclf.errors import UnreadableImage
 from medclf.errors import BadFilesError
 from medclf.testing.badfiles import png_bomb, write_corpus
 

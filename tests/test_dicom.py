@@ -9,10 +9,10 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medclf.config import WINDOW_PRESETS, Config
-from medclf.data.dicom import read_dicom_file, read_dicom_series
-from medclf.data.discover import discover
+from medclf.data.formats.dicom import read_dicom_file, read_dicom_series
+from medclf.data.sources.folder import discover
 from medclf.data.preprocess import preprocess_all
-from medclf.data.readers import UnreadableImage
+from medclf.errors import UnreadableImage
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
 MONOCHROME1 = TEST_FILES / "dicomdirtests" / "77654033" / "CR1" / "6154"

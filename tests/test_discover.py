@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from medclf.data.discover import discover
+from medclf.data.sources.folder import discover
 from medclf.errors import DataError
 
 from conftest import make_dataset

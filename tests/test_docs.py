@@ -133,7 +133,7 @@ def test_config_placeholders_expand_and_unknown_keys_fail():
         hooks.on_page_markdown("{{ config train.lrr }}", FakePage, None, None)
     pages = hooks.api_pages()
     assert pages["reference/api/config.md"] == ["medclf.config"]
-    assert "medclf.data.discover" in pages["reference/api/data.md"]
+    assert "medclf.data.sources" in pages["reference/api/data.md"]
 
 
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//", re.I)

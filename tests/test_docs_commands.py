@@ -63,7 +63,7 @@ OPERATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 def _probe_npz() -> bool:
     """medclf can read a MedMNIST .npz file (issue 3)."""
     from medclf.config import Config
-    from medclf.data.discover import discover_source
+    from medclf.data.sources import discover_source
     try:
         discover_source(SHARED_DATA / "medmnist" / "pneumoniamnist_reduced.npz", Config().data, 0)
     except MedclfError:
@@ -77,7 +77,7 @@ def _probe_nifti() -> bool:
 
     import nibabel as nib
     import numpy as np
-    from medclf.data.discover import discover
+    from medclf.data.sources.folder import discover
     with tempfile.TemporaryDirectory() as tmp:
         for split, n in (("train", 6), ("test", 2)):
             for label in ("a", "b"):

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medclf.data.readers import UnreadableImage, read_image
+from medclf.data.formats.image import read_image
+from medclf.errors import UnreadableImage
 from medclf.errors import MedclfError
 
 EXAMPLES = int(os.environ.get("MEDCLF_FUZZ_EXAMPLES", "200"))

@@ -149,7 +149,7 @@ def test_voxel_spacing_per_split_from_nifti_headers(tmp_path, capsys):
     assert result["sizes"]["min"] == [6, 7, 6] and result["sizes"]["max"] == [7, 8, 8]
     assert result["formats"] == {"nifti": 12} and result["bit_depths"] == {"32": 12}
     # training inspects its already decoded arrays: the spacing then comes from the headers alone
-    from medclf.data.discover import discover
+    from medclf.data.sources.folder import discover
     from medclf.inspect import inspect_manifest
     assert inspect_manifest(discover(tmp_path / "vols"), decoded={})["spacing"] == spacing
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from medclf.cli import main
 from medclf.config import resolve
-from medclf.data.discover import discover
+from medclf.data.sources.folder import discover
 from medclf.preview import Sample, display_array, preview, render_preview, write_run_preview
 
 from conftest import COVID, make_dataset

@@ -7,7 +7,8 @@ from PIL import Image
 
 from medclf.config import Config
 from medclf.data.preprocess import normalize, preprocess_all, settings_key
-from medclf.data.readers import UnreadableImage, read_image
+from medclf.data.formats.image import read_image
+from medclf.errors import UnreadableImage
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -9,9 +9,10 @@ import yaml
 
 import medclf
 from medclf.config import Config
-from medclf.data.discover import discover, discover_source
-from medclf.data.medmnist import discover_npz, resolve
-from medclf.data.nifti import read_nifti
+from medclf.data.sources import discover_source
+from medclf.data.sources.folder import discover
+from medclf.data.sources.medmnist import discover_npz, resolve
+from medclf.data.formats.nifti import read_nifti
 from medclf.data.prepare import prepare_splits
 from medclf.data.preprocess import preprocess_all
 from medclf.errors import BadFilesError, DataError
@@ -206,7 +207,7 @@ def test_folder_of_nifti_volumes_from_adrenalmnist3d(tmp_path):
 def test_max_shrink_keeps_thin_structures_of_masks(tmp_path):
     """preprocess.shrink=max max-pools a binary mask to the grid; area averaging fades a
     one-voxel-thick line to grey (it fills 2 of the 8 voxels of each 2x2x2 block)."""
-    from medclf.data.readers import fit_to_size
+    from medclf.data.preprocess import fit_to_size
     mask = np.zeros((1, 16, 16, 16), np.float32)
     mask[0, 5, 7, :] = 255  # a line one voxel thick
     cfg = volume_config(image_size=[8, 8, 8])

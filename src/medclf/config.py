@@ -16,6 +16,7 @@ from annotated_types import Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .data.morphology import PreprocessStep
+from .data.formats.windowing import WINDOW_PRESETS  # noqa: F401  (re-exported for users of the config)
 from .errors import ConfigError
 
 
@@ -37,11 +38,6 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes; 0 loads in the main process (best on a 2-core CPU with cached data).")
     medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files (NAME.npz) for 'medmnist:NAME' sources; downloads go there too (default: $MEDMNIST_ROOT, else ~/.medmnist).")
     max_pixels: int = Field(100_000_000, gt=0, description="Images with more pixels than this are rejected as decompression bombs.")
-
-
-WINDOW_PRESETS = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "brain": (40.0, 80.0),
-                  "bone": (400.0, 1800.0), "soft_tissue": (50.0, 400.0)}
-"""CT window presets (center, width) in Hounsfield units (Radiopaedia's usual values)."""
 
 
 class PreprocessConfig(_Section):

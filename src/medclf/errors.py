@@ -18,6 +18,10 @@ class DataError(MedclfError):
     """The dataset cannot be used as given (layout, classes, unreadable files)."""
 
 
+class UnreadableImage(DataError):
+    """One file cannot be decoded; the message says why (the caller adds the path)."""
+
+
 class BadFilesError(DataError):
     """One or more image files cannot be read.
 

@@ -10,8 +10,9 @@ import statistics
 from collections import Counter
 
 from .config import Config
-from .data.discover import Manifest
-from .data.readers import UnreadableImage, probe
+from .data.formats import probe
+from .data.sources import Manifest
+from .errors import UnreadableImage
 
 
 def fingerprint(manifest: Manifest) -> dict:

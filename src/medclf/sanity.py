@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from . import rundir
 from .config import deep_merge, validate
-from .data.discover import Manifest, discover
+from .data.sources import Manifest
+from .data.sources.folder import discover
 from .data.prepare import prepare_images
 from .errors import DataError
 from .io import atomic_write, write_json

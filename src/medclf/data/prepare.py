@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from ..errors import DataError
-from .discover import Manifest
+from .sources import Manifest
 from .preprocess import check_bad_files, preprocess_all
 
 

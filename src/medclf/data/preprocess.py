@@ -18,7 +18,9 @@ from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityR
 from ..errors import BadFilesError
 from ..io import atomic_write
 from .morphology import apply_steps
-from .readers import UnreadableImage, content_digest, fit_to_size, load_raw, pillow_size, read_image
+from ..errors import UnreadableImage
+from .formats import content_digest, load_raw, pillow_size, read_image
+from .formats.dicom import has_dicom_magic
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 
@@ -63,15 +65,11 @@ def settings_key(config) -> str:
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarray, float]:
     """Decode one file's content by its format into raw intensities at the run's size.
 
     Used for uploaded bytes (the HTTP service). DICOM (``.dcm``/``.dicom`` or the ``DICM``
-    magic) and NIfTI (``.nii``/``.nii.gz``) go through :func:`medclf.data.readers.load_raw`
+    magic) and NIfTI (``.nii``/``.nii.gz``) go through :func:`medclf.data.formats.load_raw`
     via a temporary file, everything else through Pillow. Files on disk (and DICOM series
     folders, npz items) are read by :func:`preprocess_file`, which dispatches on the path.
 
@@ -83,13 +81,13 @@ def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarr
 
     Returns:
         ``(array, full_scale)``: float32 ``(C, H, W)`` raw intensities and the data type's
-        full scale (see :func:`medclf.data.readers.read_image`).
+        full scale (see :func:`medclf.data.formats.read_image`).
 
     Raises:
         UnreadableImage: the content is not a supported image, or is corrupt.
     """
     lowered = (name or "").lower()
-    if lowered.endswith((".nii", ".nii.gz", ".dcm", ".dicom")) or data[128:132] == b"DICM":
+    if lowered.endswith((".nii", ".nii.gz", ".dcm", ".dicom")) or has_dicom_magic(data):
         # DICOM and NIfTI readers work on files: go through a temporary one
         import tempfile
         suffix = ".nii.gz" if lowered.endswith(".nii.gz") else (Path(lowered).suffix or ".dcm")
@@ -122,7 +120,7 @@ def preprocess_bytes(data: bytes, config, name: str | None = None) -> np.ndarray
 def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarray, str]:
     """Read and preprocess one file through the cache.
 
-    ``path`` is anything :func:`medclf.data.readers.load_raw` reads (image, DICOM file or
+    ``path`` is anything :func:`medclf.data.formats.load_raw` reads (image, DICOM file or
     series folder, NIfTI, npz item).
 
     Returns:
@@ -215,3 +213,59 @@ def check_bad_files(bad: list[tuple[str, str]], on_bad_file: str) -> None:
     """Raise :class:`BadFilesError` listing every bad file unless ``on_bad_file='skip'``."""
     if bad and on_bad_file != "skip":
         raise BadFilesError(bad)
+
+
+def fit_to_size(array: np.ndarray, config, spacing=None) -> np.ndarray:
+    """Resample/resize a raw ``(C, *spatial)`` array to the configured grid.
+
+    With ``preprocess.spacing`` set and a known voxel spacing, volumes are first resampled
+    to that spacing (MONAI ``Spacing``). Then, with ``preprocess.resize='resize'``, the array
+    is resized to ``data.image_size`` with MONAI ``Resize``: when shrinking along every axis,
+    ``area`` (averages, like anti-aliasing) or, with ``preprocess.shrink='max'``, PyTorch
+    adaptive max-pooling (each output voxel is the maximum of its block, which keeps thin
+    bright structures of binary masks); otherwise ``bilinear``/``trilinear``.
+
+    Raises:
+        UnreadableImage: the array has a different number of spatial axes than
+            ``model.spatial_dims`` (e.g. a 2D image in a 3D dataset).
+    """
+    from monai.transforms import Resize
+    spatial_dims = config.model.spatial_dims
+    have = array.ndim - 1
+    if have != spatial_dims:
+        shape = "x".join(str(s) for s in array.shape[1:])
+        raise UnreadableImage(f"is {have}D (shape {shape}) where a {spatial_dims}D "
+                              f"{'volume' if spatial_dims == 3 else 'image'} is expected "
+                              f"(model.spatial_dims={spatial_dims})")
+    if config.preprocess.spacing is not None and spacing is not None and have == 3:
+        array = resample_to_spacing(array, spacing, config.preprocess.spacing)
+    if config.preprocess.resize == "none":
+        return np.ascontiguousarray(array, np.float32)
+    target = list(config.data.image_size)
+    if len(target) != spatial_dims:
+        raise UnreadableImage(f"data.image_size={target} has {len(target)} axes but the data is {spatial_dims}D")
+    if list(array.shape[1:]) == target:
+        return np.ascontiguousarray(array, np.float32)
+    shrinking = all(t <= s for t, s in zip(target, array.shape[1:]))
+    if shrinking and config.preprocess.shrink == "max":
+        import torch
+        pool = torch.nn.functional.adaptive_max_pool3d if spatial_dims == 3 else torch.nn.functional.adaptive_max_pool2d
+        return pool(torch.from_numpy(np.ascontiguousarray(array, np.float32)), target).numpy()
+    mode = "area" if shrinking else ("bilinear" if spatial_dims == 2 else "trilinear")
+    out = Resize(spatial_size=target, mode=mode, anti_aliasing=False)(array)
+    return np.asarray(out, np.float32)
+
+
+def resample_to_spacing(volume: np.ndarray, spacing, target) -> np.ndarray:
+    """Resample ``(C, *spatial)`` from voxel ``spacing`` to ``target`` spacing (mm per axis)
+    with MONAI ``Spacing`` (trilinear/bilinear), which keeps the extent between the first
+    and last voxel centres: ``n_new = (n - 1) * spacing / target + 1`` (rounded). Returns
+    float32 ``(C, *new_spatial)``."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+    dims = volume.ndim - 1
+    target = list(target)[-dims:]
+    affine = np.diag([float(s) for s in list(spacing)[-dims:]] + [1.0] * (4 - dims))
+    tensor = MetaTensor(np.ascontiguousarray(volume, np.float32), affine=affine)
+    out = Spacing(pixdim=target, mode="bilinear", padding_mode="border")(tensor)
+    return np.asarray(out.array if hasattr(out, "array") else out, np.float32)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import rundir
-from ..data.discover import Manifest, discover_labelled
+from ..data.sources import Manifest, discover_labelled
 from ..data.prepare import prepare_images
 from ..errors import DataError
 from .run import load_model, pick_device, predict_probabilities, predict_tta, write_evaluation
@@ -35,7 +35,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         frame = split[split.split == "test"].reset_index(drop=True)
         out = run.path
     elif str(data).lower().endswith((".npz", ".csv")) or str(data).startswith("medmnist:"):
-        from ..data.discover import discover_source
+        from ..data.sources import discover_source
         labelled = discover_source(str(data), run.config.data, run.config.seed).frame
         frame = labelled[labelled.split == "test"].reset_index(drop=True)
     else:

@@ -94,7 +94,7 @@ def load_input(path_or_array, config) -> tuple[np.ndarray, np.ndarray | None, tu
         DataError: missing or unreadable file, or dimensions that do not fit the run.
     """
     from ..data.preprocess import preprocess_file
-    from ..data.readers import UnreadableImage
+    from ..errors import UnreadableImage
     if not isinstance(path_or_array, (str, Path)):
         array = np.asarray(path_or_array)
         shape = array.shape[-config.model.spatial_dims:]

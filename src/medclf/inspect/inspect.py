@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..data.discover import Manifest, discover
-from ..data.preprocess import content_hash
-from ..data.readers import UnreadableImage, content_digest, load_raw, probe, source_format
+from ..data.formats import content_digest, content_hash, load_raw, probe, source_format
+from ..data.sources import Manifest
+from ..data.sources.folder import discover
+from ..errors import UnreadableImage
 from .duplicates import (MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups,
                          near_duplicate_pairs, thumbnail)
 
@@ -68,9 +69,9 @@ def scan_file(path: str, decode: bool = True, max_pixels: int = 100_000_000) -> 
 
 def _scan_volume(path: str, decode: bool) -> dict:
     """:func:`scan_file` for the medical readers (NIfTI, DICOM file or series, npz item):
-    header facts from :func:`~medclf.data.readers.probe` (``size`` is the spatial shape,
+    header facts from :func:`~medclf.data.formats.probe` (``size`` is the spatial shape,
     ``spacing`` mm per array axis when the format has one); with ``decode`` the item is read
-    once by :func:`~medclf.data.readers.load_raw` for its intensity range and thumbnail."""
+    once by :func:`~medclf.data.formats.load_raw` for its intensity range and thumbnail."""
     from ..config import Config
     try:
         facts = probe(path)
@@ -215,7 +216,7 @@ def inspect_dataset(data: str | Path, val_fraction: float = 0.15, test_fraction:
     """Discover a class-per-folder dataset (same splits as ``train``) and inspect it.
 
     Raises:
-        DataError: the folder is not a dataset (see :func:`medclf.data.discover.discover`).
+        DataError: the folder is not a dataset (see :func:`medclf.data.sources.folder.discover`).
     """
     manifest = discover(data, val_fraction, test_fraction, seed)
     result = inspect_manifest(manifest)

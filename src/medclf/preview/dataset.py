@@ -7,9 +7,11 @@ from typing import Callable
 import numpy as np
 
 from ..config import Config, deep_merge, validate
-from ..data.discover import Manifest, discover_source
+from ..data.sources import Manifest, discover_source
 from ..data.preprocess import preprocess_file
-from ..data.readers import UnreadableImage, fit_to_size, load_raw
+from ..data.formats import load_raw
+from ..data.preprocess import fit_to_size
+from ..errors import UnreadableImage
 from ..errors import DataError
 from .figure import PreviewResult, Sample, render_preview
 

@@ -238,7 +238,7 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
         MedclfError: the storage cannot be opened; three trials in a row failed.
     """
     optuna = _optuna()
-    from ..data.discover import discover
+    from ..data.sources.folder import discover
     from ..training.run import train, user_tree
 
     if sampler not in SAMPLERS:

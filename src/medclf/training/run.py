@@ -21,7 +21,7 @@ from ..config import Config, deep_merge, load_yaml, parse_overrides, validate
 from ..diagnostics import build_callbacks as build_diagnostics, write_architecture
 from ..postrun import after_evaluation
 from ..data.datamodule import ImageDataModule
-from ..data.discover import Manifest, discover_source, ignore_reason
+from ..data.sources import Manifest, discover_source, ignore_reason
 from ..data.prepare import prepare_splits
 from ..evaluation.run import pick_device, predict_probabilities, predict_tta, training_counts, write_evaluation
 from ..models.prior import apply_output_prior
@@ -109,7 +109,7 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
 
     Args:
         data: class-per-folder tree of images, volumes or DICOM series; CSV manifest; MedMNIST
-            ``.npz`` or ``medmnist:NAME`` (see :func:`medclf.data.discover.discover_source`);
+            ``.npz`` or ``medmnist:NAME`` (see :func:`medclf.data.sources.discover_source`);
             None takes ``data.source`` of the configuration (e.g. a run's own ``config.yaml``).
         config: YAML path, dict or :class:`~medclf.config.Config` with user settings; the
             dataset plan fills in everything not given.

@@ -4,13 +4,14 @@ Volumes are reoriented to the closest canonical orientation, RAS+ (array axes po
 the patient's Right, Anterior, Superior; :func:`nibabel.as_closest_canonical`), so that
 the same anatomy lies along the same array axis whatever the scanner wrote. Voxel
 spacing (mm) comes from the header zooms of the reoriented image; resampling to a target
-spacing uses MONAI's ``Spacing`` transform (:func:`resample_to_spacing`).
+spacing is done by :func:`medclf.data.preprocess.resample_to_spacing` (MONAI ``Spacing``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .readers import UnreadableImage
+from ...errors import UnreadableImage
+from .windowing import apply_window, window_bounds
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -64,7 +65,6 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
     if window is not None:
         if window == "file":
             raise UnreadableImage("NIfTI files have no window of their own; set preprocess.window to a preset or [center, width]")
-        from .dicom import apply_window, window_bounds
         data = apply_window(data, *window_bounds(window))
     return data.astype(np.float32, copy=False), zooms, np.asarray(image.affine)
 
@@ -87,18 +87,3 @@ def probe_nifti(path: str) -> dict:
         shape, zooms = shape[:-1], zooms[:-1]
     return {"shape": shape[:3], "spatial_dims": 3 if len(shape) >= 3 else 2, "spacing": zooms[:3],
             "format": "nifti", "dtype": str(image.get_data_dtype())}
-
-
-def resample_to_spacing(volume: np.ndarray, spacing, target) -> np.ndarray:
-    """Resample ``(C, *spatial)`` from voxel ``spacing`` to ``target`` spacing (mm per axis)
-    with MONAI ``Spacing`` (trilinear/bilinear), which keeps the extent between the first
-    and last voxel centres: ``n_new = (n - 1) * spacing / target + 1`` (rounded). Returns
-    float32 ``(C, *new_spatial)``."""
-    from monai.data import MetaTensor
-    from monai.transforms import Spacing
-    dims = volume.ndim - 1
-    target = list(target)[-dims:]
-    affine = np.diag([float(s) for s in list(spacing)[-dims:]] + [1.0] * (4 - dims))
-    tensor = MetaTensor(np.ascontiguousarray(volume, np.float32), affine=affine)
-    out = Spacing(pixdim=target, mode="bilinear", padding_mode="border")(tensor)
-    return np.asarray(out.array if hasattr(out, "array") else out, np.float32)

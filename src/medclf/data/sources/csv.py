@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import DataError
-from .discover import SPLIT_ALIASES, _carve
+from ...errors import DataError
+from ..formats.npz import is_npz_item
+from .manifest import SPLIT_ALIASES, carve, carve_groups
 
 REQUIRED = ("path", "label")
 
@@ -71,7 +70,6 @@ def read_manifest_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
 
 def _file_of(path: str) -> str:
     """The file behind a path (an npz item reference ``file.npz#split/i`` names ``file.npz``)."""
-    from .medmnist import is_npz_item
     return path.rsplit("#", 1)[0] if is_npz_item(path) else path
 
 
@@ -99,26 +97,10 @@ def split_manifest(frame: pd.DataFrame, val_fraction: float, test_fraction: floa
     pending = "train"
     frame.loc[frame.split == "", "split"] = pending
     if "test" not in given_splits:
-        frame = _carve_groups(frame, "test", test_fraction, seed) if grouped else \
-            _carve(frame, "train", "test", test_fraction, seed)
+        frame = carve_groups(frame, "test", test_fraction, seed) if grouped else \
+            carve(frame, "train", "test", test_fraction, seed)
     if "val" not in given_splits:
         fraction = val_fraction if "test" in given_splits else val_fraction / (1 - test_fraction)
-        frame = _carve_groups(frame, "val", fraction, seed) if grouped else \
-            _carve(frame, "train", "val", fraction, seed)
-    return frame
-
-
-def _carve_groups(frame: pd.DataFrame, target: str, fraction: float, seed: int) -> pd.DataFrame:
-    """Move about ``fraction`` of the train rows, whole patients at a time and stratified by
-    label, to ``target`` (one fold of scikit-learn's ``StratifiedGroupKFold``)."""
-    pool = frame[frame.split == "train"]
-    n_groups = pool.patient_id.nunique()
-    n_splits = int(round(1 / fraction))
-    if n_groups < max(n_splits, 3):
-        raise DataError(f"too few patients ({n_groups}) to carve a {target} split of {fraction:.0%} "
-                        "without splitting a patient")
-    folds = StratifiedGroupKFold(n_splits=max(2, n_splits), shuffle=True, random_state=seed)
-    _, picked = next(folds.split(np.zeros(len(pool)), pool.label, groups=pool.patient_id))
-    frame = frame.copy()
-    frame.loc[pool.index[picked], "split"] = target
+        frame = carve_groups(frame, "val", fraction, seed) if grouped else \
+            carve(frame, "train", "val", fraction, seed)
     return frame

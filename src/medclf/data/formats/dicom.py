@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import UnreadableImage
+from ...errors import UnreadableImage
+from .windowing import apply_window, window_bounds
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 
@@ -36,46 +37,13 @@ def looks_like_dicom(path: str | os.PathLike) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return has_dicom_magic(head)
 
 
-def window_bounds(window, dataset=None) -> tuple[float, float] | None:
-    """``(center, width)`` of a window setting, or None for no window.
-
-    Args:
-        window: a preset name from :data:`medclf.config.WINDOW_PRESETS`, ``'file'``,
-            ``[center, width]`` or None.
-        dataset: the pydicom dataset, for ``'file'`` (first value of a multi-valued
-            WindowCenter/WindowWidth).
-
-    Raises:
-        UnreadableImage: ``'file'`` and the dataset has no WindowCenter/WindowWidth.
-    """
-    from ..config import WINDOW_PRESETS
-    if window is None:
-        return None
-    if isinstance(window, str) and window != "file":
-        return WINDOW_PRESETS[window]
-    if window == "file":
-        if dataset is None or "WindowCenter" not in dataset or "WindowWidth" not in dataset:
-            raise UnreadableImage("has no WindowCenter/WindowWidth of its own; set preprocess.window "
-                                  "to a preset (lung, mediastinum, brain, bone, soft_tissue) or [center, width]")
-        center, width = dataset.WindowCenter, dataset.WindowWidth
-        center = float(center[0] if _multi(center) else center)
-        width = float(width[0] if _multi(width) else width)
-        return center, width
-    center, width = window
-    return float(center), float(width)
-
-
-def _multi(value) -> bool:
-    return not isinstance(value, (str, bytes)) and hasattr(value, "__len__")
-
-
-def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Map ``center - width/2 .. center + width/2`` to ``[0, 1]``, clipping outside; float32."""
-    low = center - width / 2.0
-    return np.clip((np.asarray(values, np.float64) - low) / width, 0.0, 1.0).astype(np.float32)
+def has_dicom_magic(data: bytes) -> bool:
+    """True when ``data`` (a file's first bytes or all of it) has the ``DICM`` prefix at byte
+    128 of a DICOM Part 10 file (DICOM PS3.10 7.1)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 def _read_dataset(path: str, stop_before_pixels: bool = False):

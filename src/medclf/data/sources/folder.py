@@ -1,8 +1,4 @@
-"""Turn a dataset into a split manifest (path, label, split).
-
-:func:`discover_source` dispatches on the source: a MedMNIST ``.npz`` file or
-``medmnist:NAME`` (:mod:`.medmnist`, official splits), a CSV manifest
-(:mod:`.manifest_csv`), or a class-per-folder tree (:func:`discover`).
+"""Class-per-folder trees as a split manifest (path, label, split).
 
 Two layouts are recognised:
 
@@ -21,60 +17,21 @@ files that are neither of these formats.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
-
-from ..errors import DataError
+from ...errors import DataError
+from ..formats.dicom import looks_like_dicom, series_files
+from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve, check_classes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Manifest:
-    """The exact list of images a run uses.
-
-    Attributes:
-        frame: DataFrame with columns ``path`` (str), ``label`` (class name), ``split``
-            (train / val / test), one row per image, in a stable order.
-        class_names: sorted class names; the class index used everywhere is the position
-            in this list.
-        ignored: paths that were skipped because of their name or extension.
-    """
-
-    frame: pd.DataFrame
-    class_names: list[str]
-    ignored: list[str] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def labels(self, split: str) -> list[int]:
-        """Class indices of ``split``, in manifest order."""
-        index = {name: i for i, name in enumerate(self.class_names)}
-        return [index[label] for label in self.frame.loc[self.frame.split == split, "label"]]
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {class: count}}`` for the summary."""
-        table = self.frame.groupby(["split", "label"]).size()
-        return {split: {name: int(table.get((split, name), 0)) for name in self.class_names}
-                for split in SPLITS if split in set(self.frame.split)}
-
-
 def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in IGNORED_NAMES
 
 
 def is_image_file(path: Path) -> bool:
     """An image or volume by extension, or an extension-less DICOM file (``DICM`` magic)."""
-    from .dicom import looks_like_dicom
     name = path.name.lower()
     if name.endswith(IMAGE_EXTENSIONS):
         return True
@@ -82,7 +39,6 @@ def is_image_file(path: Path) -> bool:
 
 
 def _is_series_folder(folder: Path) -> bool:
-    from .dicom import series_files
     try:
         return bool(series_files(folder))
     except OSError:
@@ -135,43 +91,6 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
 
 
-def discover_source(source: str | os.PathLike, data_config, seed: int = 42) -> Manifest:
-    """The split manifest of any supported source (see the module docstring).
-
-    Args:
-        source: folder, ``.csv`` manifest, ``.npz`` file or ``medmnist:NAME``.
-        data_config: the ``data`` config section (fractions, ``medmnist_root``).
-        seed: seed of any random split.
-
-    Raises:
-        DataError: the source does not exist or cannot be used (the message says why).
-    """
-    from . import manifest_csv, medmnist
-    text = str(source)
-    if medmnist.is_npz_source(text):
-        frame, class_names = medmnist.discover_npz(text, data_config.medmnist_root)
-        if "val" not in set(frame.split):
-            frame = _carve(frame, "train", "val", data_config.val_fraction, seed)
-        return Manifest(_ordered(frame, sort_paths=False), class_names)
-    if text.lower().endswith(".csv") and not Path(text).is_dir():
-        frame = manifest_csv.read_manifest_csv(text)
-        frame = manifest_csv.split_manifest(frame, data_config.val_fraction, data_config.test_fraction, seed)
-        class_names = sorted(set(frame.label))
-        _check_classes(frame[frame.split == "train"], sorted(set(frame[frame.split == "train"].label)), Path(text))
-        if "patient_id" in frame and (frame.patient_id == "").all():
-            frame = frame.drop(columns="patient_id")
-        return Manifest(_ordered(frame), class_names)
-    return discover(source, data_config.val_fraction, data_config.test_fraction, seed)
-
-
-def _ordered(frame: pd.DataFrame, sort_paths: bool = True) -> pd.DataFrame:
-    """Rows ordered by split (train, val, test), then label and path (or kept order)."""
-    order = {s: i for i, s in enumerate(SPLITS)}
-    frame = frame.assign(_split=frame.split.map(order), _pos=range(len(frame)))
-    keys = ["_split", "label", "path"] if sort_paths else ["_split", "_pos"]
-    return frame.sort_values(keys, kind="stable").drop(columns=["_split", "_pos"]).reset_index(drop=True)
-
-
 def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction: float = 0.15,
              seed: int = 42) -> Manifest:
     """Build the split manifest of a class-per-folder tree.
@@ -215,11 +134,11 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
                 raise DataError(f"{split_dirs[split]} has class folders that train/ lacks: "
                                 f"{', '.join(sorted(extra))}")
         frame = pd.DataFrame(rows, columns=["path", "label", "split"])
-        _check_classes(frame[frame.split == "train"], class_names, split_dirs["train"])
+        check_classes(frame[frame.split == "train"], class_names, split_dirs["train"])
         if "test" not in split_dirs:
-            frame = _carve(frame, "train", "test", test_fraction, seed)
+            frame = carve(frame, "train", "test", test_fraction, seed)
         if "val" not in split_dirs:
-            frame = _carve(frame, "train", "val", val_fraction, seed)
+            frame = carve(frame, "train", "val", val_fraction, seed)
     else:
         classes = _class_folders(root)
         rows = []
@@ -231,38 +150,13 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
             rows += [(f, cls.name, "train") for f in files]
         class_names = [c.name for c in classes]
         frame = pd.DataFrame(rows, columns=["path", "label", "split"])
-        _check_classes(frame, class_names, root)
-        frame = _carve(frame, "train", "test", test_fraction, seed)
-        frame = _carve(frame, "train", "val", val_fraction / (1 - test_fraction), seed)
+        check_classes(frame, class_names, root)
+        frame = carve(frame, "train", "test", test_fraction, seed)
+        frame = carve(frame, "train", "val", val_fraction / (1 - test_fraction), seed)
 
     order = {s: i for i, s in enumerate(SPLITS)}
     frame = frame.sort_values(["split", "label", "path"], key=lambda col: col.map(order) if col.name == "split" else col)
     return Manifest(frame.reset_index(drop=True), class_names, ignored)
-
-
-def _check_classes(frame: pd.DataFrame, class_names: list[str], root: Path) -> None:
-    if len(class_names) < 2:
-        found = ", ".join(class_names) or "none"
-        raise DataError(f"{root}: need at least two class folders with images to train a "
-                        f"classifier; found {len(class_names)} ({found})")
-
-
-def _carve(frame: pd.DataFrame, source: str, target: str, fraction: float, seed: int) -> pd.DataFrame:
-    """Move a stratified ``fraction`` of the ``source`` rows to split ``target``."""
-    pool = frame[frame.split == source]
-    counts = pool.label.value_counts()
-    too_small = counts[counts < 2]
-    if len(too_small):
-        raise DataError(f"cannot carve a stratified {target} split: class(es) "
-                        f"{', '.join(too_small.index)} have fewer than 2 training images")
-    n_target = max(int(round(fraction * len(pool))), len(counts))
-    if n_target >= len(pool) - len(counts):
-        raise DataError(f"too few images ({len(pool)}) to carve a {target} split of {fraction:.0%}")
-    _, picked = train_test_split(pool.index, test_size=n_target, stratify=pool.label,
-                                 random_state=seed)
-    frame = frame.copy()
-    frame.loc[picked, "split"] = target
-    return frame
 
 
 def discover_labelled(root: str | os.PathLike) -> pd.DataFrame:
