@@ -43,7 +43,7 @@ def main() -> None:
     from medclf.models import create_model
     from medclf.plan import fingerprint, plan_config
     from medclf.training.module import Classifier
-    from medclf.training.run import build_trainer, class_weights
+    from medclf.training.fit import build_trainer, class_weights
 
     tree = deep_merge(parse_overrides(args.overrides),
                       {"train": {"max_epochs": args.epochs, "early_stopping": {"enabled": False}}})

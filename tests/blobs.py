@@ -25,7 +25,7 @@ def blob_images(n: int, spatial_dims: int, size: int, radius: int, seed: int):
 
 def train_blob_model(spatial_dims: int, size: int, radius: int, n: int, epochs: int, seed: int = 0):
     """A small CNN (full-resolution stem, two stages) trained with Adam to find the blob."""
-    from medclf.models.registry import initialise
+    from medclf.models import initialise
     from medclf.models.small_cnn import SmallCNN
     torch.manual_seed(seed)
     images, labels, _ = blob_images(n, spatial_dims, size, radius, seed)

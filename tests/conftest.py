@@ -63,7 +63,7 @@ def covid_subset(tmp_path) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A run trained for 3 epochs on generated disk/bar images with diagnostics on
     (histograms every 2 steps); it has a gallery, architecture files and report.html."""
-    from medclf.training.run import train
+    from medclf.commands.train import train
     root = tmp_path_factory.mktemp("tiny_run")
     data = make_dataset(root / "data")
     result = train(data, out=root / "runs", name="tiny", progress=False, overrides=[

@@ -14,7 +14,7 @@ from medclf.cli import main
 from medclf.config import validate
 from medclf.models import create_model
 from medclf.training import auto_lr
-from medclf.training.run import train
+from medclf.commands.train import train
 
 FAST = ["train.max_epochs=1", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
 

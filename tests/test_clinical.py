@@ -1,5 +1,4 @@
 """Clinical metrics against independent computations (scikit-learn, scipy, torchmetrics)."""
-import json
 
 import numpy as np
 import pytest
@@ -157,7 +156,7 @@ def test_tta_views_flip_a_volume_along_every_combination_of_axes():
 
 def test_tta_flip_axes_follow_the_training_augmentation():
     from medclf.config import Config
-    from medclf.evaluation.run import tta_flip_axes
+    from medclf.evaluation.predict import tta_flip_axes
     cfg = Config()
     assert tta_flip_axes(cfg) == [-1]  # 2D default: left-right flips only
     volume = cfg.model_copy(update={

@@ -3,7 +3,6 @@ import logging
 from types import SimpleNamespace
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +10,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from medclf.config import DiagnosticsConfig, TrainConfig
-from medclf.diagnostics import GradNormMonitor, build_callbacks, dead_relu_fractions, write_architecture
+from medclf.diagnostics import GradNormMonitor, build_callbacks, write_architecture
+from medclf.diagnostics.checks import activation_stats
 from medclf.models.small_cnn import SmallCNN
 from medclf.training.module import Classifier
 
@@ -38,10 +38,10 @@ def fit(net, tmp_path, **diagnostics):
     return tmp_path / "diagnostics"
 
 
-def test_dead_relu_fractions_of_a_batch():
+def test_dead_activation_fractions_of_a_batch():
     images = torch.rand(8, 1, 24, 24)
-    dead = dead_relu_fractions(small_net(dead=True), images)
-    healthy = dead_relu_fractions(small_net(dead=False), images)
+    dead = activation_stats(small_net(dead=True), images)
+    healthy = activation_stats(small_net(dead=False), images)
     assert len(dead) == len(healthy) == 5  # stem and 4 stage blocks
     assert min(dead.values()) == 1.0
     assert max(healthy.values()) < 0.25

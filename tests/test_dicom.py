@@ -98,7 +98,7 @@ def test_series_sorted_by_position(ct_series):
 
 
 def test_inspect_reports_the_series_spacing_from_the_headers(tmp_path, ct_series):
-    from medclf.inspect import inspect_dataset
+    from medclf.commands.inspect import inspect_dataset
     datasets = [pydicom.dcmread(p) for p in ct_series.glob("*.dcm")]
     z = sorted(float(d.ImagePositionPatient[2]) for d in datasets)
     expected = [float(np.median(np.diff(z))), *map(float, datasets[0].PixelSpacing)]

@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 
 from conftest import ROOT
 from medclf import docgen
-from medclf.cli import build_parser
 from medclf.config import Config
 
 
@@ -167,7 +166,7 @@ def test_site_builds_strictly_offline(built_site):
     for name in docgen.subcommand_names():
         assert f'id="medclf-{name}"' in cli
     api = (site / "reference" / "api" / "training.html").read_text()
-    assert "medclf.training.run.train" in api and "Raises" in api  # docstrings rendered
+    assert "medclf.commands.train.train" in api and "Raises" in api  # docstrings rendered
     settings = (site / "guide" / "settings.html").read_text()
     assert "{{ config" not in settings and "Peak learning rate" in settings
 

@@ -9,7 +9,7 @@ from PIL import Image, ImageEnhance
 from scipy.ndimage import gaussian_filter
 
 from medclf.cli import main
-from medclf.inspect import inspect_dataset
+from medclf.commands.inspect import inspect_dataset
 from medclf.inspect.duplicates import near_duplicate_pairs, thumbnail
 
 from conftest import SHARED_DATA

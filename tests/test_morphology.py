@@ -5,11 +5,16 @@ from PIL import Image
 from skimage import exposure, filters, morphology
 
 from medclf.cli import main
-from medclf.config import resolve
+from medclf.config import user_settings, validate
 from medclf.data.morphology import PreprocessStepError, apply_steps
 from medclf.data.preprocess import preprocess_file
 
 from conftest import make_dataset, synthetic_image
+
+def resolve(config_file=None, overrides=None):
+    """The user's settings validated without a dataset plan (defaults for the rest)."""
+    return validate(user_settings(config_file, overrides))
+
 
 
 def steps(*entries):

@@ -13,7 +13,7 @@ from medclf import rundir
 from medclf.data.preprocess import preprocess_all
 from medclf.config import Config, ModelConfig, TrainConfig
 from medclf.errors import ConfigError
-from medclf.evaluation.run import load_model
+from medclf.evaluation.predict import load_model
 from medclf.models import create_model
 from medclf.models.prior import apply_output_prior, logit_shift, trained_prior
 from medclf.plan import plan_config

@@ -9,7 +9,7 @@ import medclf
 from medclf import rundir
 from medclf.cli import main
 from medclf.data.preprocess import preprocess_all
-from medclf.evaluation.run import load_model
+from medclf.evaluation.predict import load_model
 
 
 def numpy_views(images: np.ndarray, flip: bool, shift: int) -> list[np.ndarray]:

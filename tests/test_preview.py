@@ -1,16 +1,20 @@
 """`medclf preview`: the PNG of the real covid19-xray data, a generated 3D volume, run reports."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from medclf.cli import main
-from medclf.config import resolve
-from medclf.data.sources.folder import discover
-from medclf.preview import Sample, display_array, preview, render_preview, write_run_preview
+from medclf.config import user_settings, validate
+from medclf.commands.preview import preview
+from medclf.preview import Sample, display_array, render_preview
 
 from conftest import COVID, make_dataset
+
+def resolve(config_file=None, overrides=None):
+    """The user's settings validated without a dataset plan (defaults for the rest)."""
+    return validate(user_settings(config_file, overrides))
+
 
 
 def panel_pixels(png: np.ndarray, panel: dict) -> np.ndarray:
@@ -108,15 +112,6 @@ def test_preview_of_generated_volumes(tmp_path):
     left, top, right, bottom = panel["bbox"]
     assert (right - left) > 2.5 * (bottom - top)  # three slices side by side
     assert png.shape[1] > png.shape[0] / 2
-
-
-def test_write_run_preview_is_cheap_and_lands_in_plots(tmp_path):
-    data = make_dataset(tmp_path / "d", per_class=(6, 6))
-    cfg = resolve(overrides={"data": {"image_size": [48, 48]}, "augment": {"enabled": False}})
-    path = write_run_preview(tmp_path / "run", discover(data), cfg, n=4)
-    assert path == tmp_path / "run" / "plots" / "preview.png"
-    image = Image.open(path)
-    assert image.format == "PNG" and image.size[0] > 200
 
 
 def test_preview_errors_are_clean(tmp_path, capsys):

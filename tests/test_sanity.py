@@ -7,7 +7,7 @@ import torch
 from medclf.cli import main
 from medclf.config import validate
 from medclf.models import create_model
-from medclf.sanity import sanity
+from medclf.commands.sanity import sanity
 
 from conftest import COVID
 

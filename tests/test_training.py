@@ -4,11 +4,16 @@ import torch
 from torch import nn
 
 from medclf.cli import main
-from medclf.config import Config, resolve
+from medclf.config import Config, user_settings, validate
 from medclf.data.datamodule import ImageDataModule
 from medclf.models import register_model
 from medclf.training.module import Classifier, build_scheduler
-from medclf.training.run import class_weights
+from medclf.training.fit import class_weights
+
+def resolve(config_file=None, overrides=None):
+    """The user's settings validated without a dataset plan (defaults for the rest)."""
+    return validate(user_settings(config_file, overrides))
+
 
 
 def test_auto_class_weights_are_inverse_frequency():

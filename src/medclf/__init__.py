@@ -24,20 +24,20 @@ __all__ = ["train", "evaluate", "predict", "__version__"]
 
 def train(data=None, config=None, overrides=None, out="runs", name=None, progress=True,
           resume=None, overwrite=False):
-    """Train and evaluate (or resume a run); see :func:`medclf.training.run.train`."""
-    from .training.run import train as _train
+    """Train and evaluate (or resume a run); see :func:`medclf.commands.train.train`."""
+    from .commands.train import train as _train
     return _train(data, config=config, overrides=overrides, out=out, name=name, progress=progress,
                   resume=resume, overwrite=overwrite)
 
 
 def evaluate(run_dir, data=None):
-    """Re-evaluate a run; see :func:`medclf.evaluation.evaluate.evaluate_run`."""
-    from .evaluation.evaluate import evaluate_run
+    """Re-evaluate a run; see :func:`medclf.commands.evaluate.evaluate_run`."""
+    from .commands.evaluate import evaluate_run
     return evaluate_run(run_dir, data=data)
 
 
 def predict(run_dir, paths, tta=None):
     """Predict images with a run's model (``tta``: test-time augmentation, default the run's
-    ``eval.tta``); see :func:`medclf.inference.predict_files`."""
-    from .inference import predict_files
+    ``eval.tta``); see :func:`medclf.commands.predict.predict_files`."""
+    from .commands.predict import predict_files
     return predict_files(run_dir, paths, tta=tta)

@@ -1,4 +1,4 @@
-"""The ``medclf`` command: train, evaluate, predict, preview, explain, report, serve.
+"""The ``medclf`` command line: argparse only; each verb runs ``medclf.commands.<verb>.main``.
 
 User errors (bad data, bad configuration, a diverged run) print a clear message and exit
 with status 2, never a traceback.
@@ -6,10 +6,9 @@ with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import os
 import sys
-from pathlib import Path
 
 from .errors import MedclfError
 
@@ -111,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="medclf: %(levelname)s: %(message)s")
+    command = importlib.import_module(f"medclf.commands.{args.command}")  # only the verb's imports
     try:
-        return COMMANDS[args.command](args)
+        return command.main(args)
     except MedclfError as err:
         print(f"medclf {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -121,135 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _train(args) -> int:
-    from .evaluation.metrics import summary_lines
-    from .training.run import train
-    result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
-                   name=args.name, progress=not args.no_progress, resume=args.resume,
-                   overwrite=args.overwrite)
-    if not result.is_global_zero:  # a DDP process launched by rank 0: rank 0 reports
-        return 0
-    print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
-    print(result.run_dir)
-    return 0
-
-
-def _evaluate(args) -> int:
-    from .evaluation.evaluate import evaluate_run
-    from .evaluation.metrics import summary_lines
-    out, metrics = evaluate_run(args.run, data=args.data)
-    print("\n".join(summary_lines(metrics, metrics["class_names"])))
-    print(out)
-    return 0
-
-
-def _inspect(args) -> int:
-    from .config import validate
-    from .inspect import inspect_dataset, summary_lines
-    from .io import write_json
-    from .training.run import user_tree
-    cfg = validate(user_tree(args.config, args.overrides))
-    result = inspect_dataset(args.data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    print("\n".join(summary_lines(result)))
-    if args.out:
-        write_json(args.out, result)
-        print(Path(args.out))
-    return 0
-
-
-def _predict(args) -> int:
-    from .io import write_csv
-    from .inference import predict_files
-    frame = predict_files(args.run, args.images, tta=args.tta)
-    tta = "tta_prob_" if frame.tta_views.max() > 0 else ""
-    prob_cols = [c for c in frame.columns if c.startswith(tta + "prob_")]
-    for _, row in frame.iterrows():
-        if row.error:
-            print(f"{row.path}: error: {row.error}")
-            continue
-        probs = "  ".join(f"{c[len(tta) + 5:]}={row[c]:.3f}" for c in prob_cols)
-        note = f"  (test-time augmentation, {row.tta_views} views)" if tta else ""
-        print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}{note}")
-    if args.csv:
-        write_csv(args.csv, frame)
-        print(Path(args.csv))
-    return 1 if (frame.error != "").any() else 0
-
-
-def _preview(args) -> int:
-    from .errors import ConfigError
-    from .preview import preview
-    if args.n < 1 or args.augment < 0:
-        raise ConfigError("--n must be at least 1 and --augment at least 0")
-    result = preview(args.data, config=args.config, overrides=args.overrides, n=args.n,
-                     out=args.out, n_augment=args.augment)
-    grids = ", ".join(f"{name} {r}x{c}" for name, (r, c) in result.grids.items())
-    print(f"preview: {grids} panels, {result.size[0]}x{result.size[1]} pixels")
-    print(result.path)
-    return 0
-
-
-def _serve(args) -> int:
-    from .serve import serve
-    serve(args.runs_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
-    return 0
-
-
-def _explain(args) -> int:
-    from . import rundir
-    from .explain import explain_files
-    run = rundir.load_run(args.run)
-    method = args.method or run.config.explain.method
-    out, frame = explain_files(run.path, args.images, args.out, args.class_name, method,
-                               args.layer or run.config.explain.target_layer)
-    for _, row in frame.iterrows():
-        extra = f"  {row.nifti}" if row.nifti else ""
-        print(f"{row.path}: {row.predicted} ({row.probability:.3f}); {method} for {row.class_name}: "
-              f"{row.png}{extra}")
-    print(out)
-    return 0
-
-
-def _report(args) -> int:
-    from .report import write_report
-    print(write_report(args.run, args.out))
-    return 0
-
-
-def _tune(args) -> int:
-    from .search.tune import format_table, tune
-    try:
-        result = tune(args.data, args.space, sampler=args.sampler, trials=args.trials, storage=args.storage,
-                      name=args.name, out=args.out, pruner=args.pruner, config=args.config,
-                      overrides=args.overrides, metric=args.metric, progress=args.progress)
-    except (KeyboardInterrupt, SystemExit):
-        print("medclf tune: interrupted; run the same command again to continue the search", file=sys.stderr)
-        return 130
-    print(format_table(result.table))
-    if result.test_metrics:
-        m = result.test_metrics
-        print(f"best trial on the test split (never used to rank): accuracy {m['accuracy']:.3f}  "
-              f"balanced accuracy {m['balanced_accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")
-    if result.best_config:
-        print(f"best configuration: {result.best_config}  (medclf train {args.data} --config {result.best_config})")
-    if not result.complete:
-        print("the study does not have all its trials yet (other workers?): run the command again to continue")
-    print(result.search_dir)
-    return 0
-
-
-def _sanity(args) -> int:
-    from .sanity import sanity
-    report = sanity(args.data, config=args.config, overrides=args.overrides, out=args.out,
-                    per_class=args.per_class, max_steps=args.steps, lr_test=not args.no_lr_test)
-    print("\n".join(report.lines()))
-    print(report.out_dir)
-    return 0 if report.passed else 1
-
-
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "preview": _preview,
-            "explain": _explain, "report": _report, "serve": _serve, "inspect": _inspect,
-            "tune": _tune, "sanity": _sanity}
+COMMANDS = ("train", "evaluate", "predict", "preview", "explain", "report", "serve", "inspect", "tune", "sanity")
 
 if __name__ == "__main__":
     sys.exit(main())

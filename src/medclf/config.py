@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args
+from typing import Annotated, Literal, Optional, Union, get_args
 
 import yaml
 from annotated_types import Gt, Le
@@ -350,14 +350,21 @@ def _tag(model: type[BaseModel]):
     return args[0] if len(args) == 1 else None
 
 
-def resolve(plan: dict | None = None, config_file: str | os.PathLike | None = None,
-            overrides: list[str] | dict | None = None) -> Config:
-    """Plan defaults, then the YAML file, then ``--set`` overrides, validated."""
-    tree = copy.deepcopy(plan or {})
-    if config_file:
-        tree = deep_merge(tree, load_yaml(config_file))
+def user_settings(config: "str | os.PathLike | dict | Config | None", overrides) -> dict:
+    """The user's settings (YAML file, dict or Config) with ``--set`` overrides (a list of
+    ``key=value`` strings or a nested dict) merged on top, not yet validated.
+
+    Raises:
+        ConfigError: an unreadable YAML file or a malformed override.
+    """
+    if isinstance(config, Config):
+        tree = config.to_dict()
+    elif isinstance(config, dict):
+        tree = dict(config)
+    elif config:
+        tree = load_yaml(config)
+    else:
+        tree = {}
     if isinstance(overrides, dict):
-        tree = deep_merge(tree, overrides)
-    elif overrides:
-        tree = deep_merge(tree, parse_overrides(overrides))
-    return validate(tree)
+        return deep_merge(tree, overrides)
+    return deep_merge(tree, parse_overrides(overrides))

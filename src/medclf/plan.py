@@ -1,18 +1,82 @@
-"""Dataset fingerprint -> complete default configuration (the one place defaults are chosen).
+"""Settings + data -> manifest -> fingerprint -> plan -> Config: the one planning entry.
 
 Like nnU-Net's fingerprint/plan step: look at the data (2D or 3D, image sizes, channels,
 class counts), return a full configuration tree; the user's YAML and ``--set`` overrides
-go on top of it.
+go on top of it. Every command plans through :func:`plan_run`; a run stores what was
+planned in ``plan.json`` (:func:`write_plan`), so resume and evaluate read it instead of
+probing every file again.
 """
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
-from .config import Config
+from . import rundir
+from .config import Config, deep_merge, user_settings, validate
+from .data.sources import discover_source
+from .errors import ConfigError
+from .io import write_json
 from .data.formats import probe
 from .data.sources import Manifest
 from .errors import UnreadableImage
+
+
+@dataclass
+class Planned:
+    """What :func:`plan_run` returns.
+
+    Attributes:
+        source: the dataset source (folder, CSV, ``.npz`` or ``medmnist:NAME``) as given.
+        manifest: the split manifest of every image (path, label, split).
+        fingerprint: the dataset facts the plan was made from (:func:`fingerprint`).
+        plan: the planned defaults, a complete configuration tree before the user's settings.
+        config: the resolved configuration: plan, then the user's YAML, then ``--set``.
+    """
+
+    source: str
+    manifest: Manifest
+    fingerprint: dict
+    plan: dict
+    config: Config
+
+
+def plan_run(data, config=None, overrides=None) -> Planned:
+    """Find the data, fingerprint it, plan the defaults and apply the user's settings.
+
+    Args:
+        data: class-per-folder tree, CSV manifest, MedMNIST ``.npz`` or ``medmnist:NAME``;
+            None takes ``data.source`` of the configuration (e.g. a run's ``config.yaml``).
+        config: YAML path, dict or :class:`~medclf.config.Config` of user settings.
+        overrides: ``["train.lr=3e-4", ...]`` or a nested dict, applied last.
+
+    Raises:
+        ConfigError: no data given, or invalid settings (naming the key).
+        DataError: the source cannot be used as a dataset (naming what is wrong).
+    """
+    tree = user_settings(config, overrides)
+    early = validate(tree)  # the user's settings alone, to find and split the data
+    if data is None and not early.data.source:
+        raise ConfigError("no dataset: give DATA or set data.source (a run's config.yaml has it)")
+    source = str(data if data is not None else early.data.source)
+    manifest = discover_source(source, early.data, early.seed)
+    facts = fingerprint(manifest)
+    planned = plan_config(facts)
+    resolved = validate(deep_merge(planned, deep_merge(tree, {"data": {"source": source}})))
+    return Planned(source, manifest, facts, planned, resolved)
+
+
+def write_plan(run_dir: str | Path, planned: Planned) -> Path:
+    """Write ``plan.json`` (fingerprint and planned defaults) into a run directory."""
+    return write_json(Path(run_dir) / rundir.PLAN, {"fingerprint": planned.fingerprint, "plan": planned.plan})
+
+
+def read_plan(run_dir: str | Path) -> dict | None:
+    """The ``{"fingerprint", "plan"}`` a run stored, or None for a run written before plan.json."""
+    path = Path(run_dir) / rundir.PLAN
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def fingerprint(manifest: Manifest) -> dict:

@@ -142,14 +142,34 @@ def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarr
             return np.load(disk_path), digest
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
-    raw, full_scale, spacing = load_raw(path, config, data)
-    raw = fit_to_size(raw, config, spacing)
+    raw, full_scale = decode_file(path, config, data)
     array = finish(raw, full_scale, config)
     if mode == "memory":
         _MEMORY_CACHE[cache_id] = array
     elif disk_path is not None:
         atomic_write(disk_path, lambda tmp: np.save(open(tmp, "wb"), array))
     return array, digest
+
+
+def decode_file(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, float]:
+    """Decode one item (image, DICOM file or series folder, NIfTI, npz item) and bring it to
+    the run's grid, before the steps and the normalisation (:func:`finish`).
+
+    Args:
+        path: anything :func:`medclf.data.formats.load_raw` reads.
+        config: the run's configuration (``data``, ``preprocess`` and ``model.spatial_dims``).
+        data: the file's bytes if already read (2D images).
+
+    Returns:
+        ``(raw, full_scale)``: float32 ``(C, H, W)`` or ``(C, D, H, W)`` raw intensities on
+        the run's grid and the data type's full scale.
+
+    Raises:
+        UnreadableImage: the item cannot be decoded (message without the path).
+        OSError: the file cannot be read at all.
+    """
+    raw, full_scale, spacing = load_raw(path, config, data)
+    return fit_to_size(raw, config, spacing), full_scale
 
 
 def finish(raw: np.ndarray, full_scale: float, config, normalization: str | None = None) -> np.ndarray:

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from ..io import write_csv, write_text
-from ..models.hooks import forward_with_hooks
 
 log = logging.getLogger("medclf")
 
@@ -83,27 +82,6 @@ def dead_fraction(output: torch.Tensor) -> float:
     dims = [0] + list(range(2, output.ndim))
     alive = output.detach().amax(dim=dims) > 0
     return float(1.0 - alive.float().mean())
-
-
-def dead_relu_fractions(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Fraction of dead units of every ``nn.ReLU`` of ``model`` on a batch ``images``
-    ``(N, C, *spatial)`` (a unit is dead when it outputs zero for every image and position).
-
-    A module called several times in one forward pass counts a unit dead only if it is dead
-    in every call.
-    """
-    fractions: dict[str, list] = {}
-    forward_with_hooks(model, images, [
-        (m, lambda mod, i, out, name=name: fractions.setdefault(name, []).append(
-            (out.detach() > 0).transpose(0, 1).reshape(out.shape[1], -1).any(dim=1)))
-        for name, m in model.named_modules() if isinstance(m, nn.ReLU)])
-    result = {}
-    for name, alive in fractions.items():
-        if len({a.shape for a in alive}) == 1:
-            result[name] = float(1.0 - torch.stack(alive).any(dim=0).float().mean())
-        else:
-            result[name] = float(np.mean([1.0 - float(a.float().mean()) for a in alive]))
-    return result
 
 
 def _tensorboard(trainer):

@@ -152,7 +152,7 @@ class Explainer:
         Raises:
             RunDirError: not a run directory, or no checkpoint.
         """
-        from ..evaluation.run import load_model
+        from ..evaluation.predict import load_model
         run = run if isinstance(run, rundir.Run) else rundir.load_run(run)
         return cls(load_model(run), run.config, run.class_names, method, target_layer)
 

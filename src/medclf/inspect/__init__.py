@@ -1,4 +1,4 @@
 """Dataset inspection: fingerprint, exact and near duplicates, unreadable files."""
-from .inspect import inspect_dataset, inspect_manifest, leaked_paths, summary_lines
+from .inspect import inspect_manifest, leaked_paths, summary_lines
 
-__all__ = ["inspect_dataset", "inspect_manifest", "leaked_paths", "summary_lines"]
+__all__ = ["inspect_manifest", "leaked_paths", "summary_lines"]

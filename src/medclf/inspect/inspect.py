@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 
 from ..data.formats import content_digest, content_hash, load_raw, probe, source_format
 from ..data.sources import Manifest
-from ..data.sources.folder import discover
 from ..errors import UnreadableImage
 from .duplicates import (MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups,
                          near_duplicate_pairs, thumbnail)
@@ -208,20 +207,6 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
     result["n_near_duplicate_pairs"] = len(near)
     result["n_val_leaked"] = len(result["leaks"]["val"])
     result["n_test_leaked"] = len(result["leaks"]["test"])
-    return result
-
-
-def inspect_dataset(data: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                    seed: int = 42) -> dict:
-    """Discover a class-per-folder dataset (same splits as ``train``) and inspect it.
-
-    Raises:
-        DataError: the folder is not a dataset (see :func:`medclf.data.sources.folder.discover`).
-    """
-    manifest = discover(data, val_fraction, test_fraction, seed)
-    result = inspect_manifest(manifest)
-    result["data"] = str(data)
-    result["ignored_files"] = manifest.ignored
     return result
 
 

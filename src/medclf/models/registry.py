@@ -1,9 +1,12 @@
-"""A name -> builder registry, in the manner of timm's ``create_model``."""
+"""A name -> builder registry of networks, in the manner of timm's ``register_model``.
+
+The registry knows no architecture: network modules register themselves with
+:func:`register_model`, and :mod:`medclf.models.factory` builds them by name.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -23,82 +26,13 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
-    """Build the network named by ``model_config.name``.
-
-    The network maps ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes to
-    logits ``(N, num_classes)``. With ``model_config.projection_branch`` (3D only) it is
-    wrapped in :class:`~medclf.models.projection.VolumeAndProjections`. Weight
-    initialisation follows ``model_config.init``; if ``model_config.weights`` names a file,
-    those weights are loaded on top.
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name``.
 
     Raises:
-        ConfigError: unknown model name, a projection branch on 2D images, or weights that
-            do not fit the network.
+        ConfigError: no network of that name (lists the registered ones).
     """
     try:
-        builder = _REGISTRY[model_config.name]
+        return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"model.name: unknown model {model_config.name!r}; "
-                          f"available: {', '.join(available_models())}") from None
-    model = builder(model_config, in_channels, num_classes)
-    if model_config.projection_branch:
-        if model_config.spatial_dims != 3:
-            raise ConfigError("model.projection_branch: needs volumes (model.spatial_dims=3), "
-                              f"got spatial_dims={model_config.spatial_dims}")
-        from .projection import ProjectionCNN, VolumeAndProjections
-        projections = ProjectionCNN(in_channels, num_classes, model_config.projection_filters, model_config.dropout)
-        model = VolumeAndProjections(model, projections, model_config.volume_pool)
-    initialise(model, model_config.init)
-    if model_config.weights:
-        load_weights(model, model_config.weights)
-    return model
-
-
-def initialise(model: nn.Module, scheme: str) -> None:
-    """Initialise convolution and linear weights; biases to zero.
-
-    ``he``: Kaiming-normal convolutions (He et al. 2015, fan-out, as torchvision's ResNets),
-    with PyTorch's default for linear layers so the initial logits stay small (initial loss
-    close to log(num_classes)). ``xavier``: Xavier-uniform everywhere (Glorot & Bengio 2010).
-    ``default``: PyTorch's own initialisation.
-    """
-    if scheme == "default":
-        return
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            if scheme == "he":
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                nn.init.xavier_uniform_(module.weight)
-        elif isinstance(module, nn.Linear) and scheme == "xavier":
-            nn.init.xavier_uniform_(module.weight)
-        else:
-            continue
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load user-supplied weights: a plain state_dict or a Lightning checkpoint.
-
-    Keys prefixed ``model.`` (as in medclf checkpoints) are stripped. Loading uses
-    ``weights_only=True``, so a file cannot execute code.
-
-    Raises:
-        ConfigError: the file is missing, unreadable, or its tensors do not fit the model.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"model.weights: file not found: {path}") from None
-    except Exception as err:  # noqa: BLE001  (any unpickling problem is a bad file)
-        raise ConfigError(f"model.weights: cannot load {path}: {err}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if any(k.startswith("model.") for k in state):  # a medclf (Lightning) checkpoint
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ConfigError(f"model.weights: {path} does not fit model: {err}") from None
+        raise ConfigError(f"model.name: unknown model {name!r}; available: {', '.join(available_models())}") from None

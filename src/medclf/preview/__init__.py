@@ -1,7 +1,6 @@
-"""A visual preview of a run's input pipeline (``medclf preview``): images per class after
-preprocessing, random augmentations, and the normalisation modes with their histograms."""
-from .dataset import pick_samples, preview, preview_manifest, read_raw, write_run_preview
+"""A visual preview of a run's input pipeline: images per class after preprocessing, random
+augmentations, and the normalisation modes with their histograms."""
 from .figure import PreviewResult, Sample, display_array, render_preview
+from .samples import pick_samples, preview_manifest
 
-__all__ = ["PreviewResult", "Sample", "display_array", "pick_samples", "preview", "preview_manifest",
-           "read_raw", "render_preview", "write_run_preview"]
+__all__ = ["PreviewResult", "Sample", "display_array", "pick_samples", "preview_manifest", "render_preview"]

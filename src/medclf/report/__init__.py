@@ -1,4 +1,5 @@
 """The run report: one self-contained HTML page built from pluggable sections."""
-from .html import REPORT, ReportContext, SECTIONS, register_section, render, write_report
+from .context import SECTIONS, ReportContext, register_section
+from .html import REPORT, render, write_report
 
 __all__ = ["REPORT", "ReportContext", "SECTIONS", "register_section", "render", "write_report"]

@@ -15,102 +15,19 @@ short note, so one broken section never costs the page. To add a section::
 """
 from __future__ import annotations
 
-import base64
-import html
-import json
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import pandas as pd
 
 from ..io import write_text
+from ..rundir import load_run
+from . import sections  # noqa: F401  (registers the built-in sections)
+from .context import SECTIONS, ReportContext, esc
 
 log = logging.getLogger("medclf")
 
 REPORT = "report.html"
-_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-         ".svg": "image/svg+xml"}
-
-
-@dataclass
-class ReportContext:
-    """What a section builder gets: the run directory and small helpers for HTML."""
-
-    run_dir: Path
-    cache: dict = field(default_factory=dict)
-
-    def exists(self, relative: str) -> bool:
-        """True when ``run_dir/relative`` is a file."""
-        return (self.run_dir / relative).is_file()
-
-    def json(self, relative: str) -> dict | None:
-        """A JSON file of the run (None when absent)."""
-        if relative not in self.cache:
-            path = self.run_dir / relative
-            self.cache[relative] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        return self.cache[relative]
-
-    def csv(self, relative: str) -> pd.DataFrame | None:
-        """A CSV file of the run (None when absent)."""
-        path = self.run_dir / relative
-        return pd.read_csv(path) if path.is_file() else None
-
-    def text(self, relative: str) -> str | None:
-        path = self.run_dir / relative
-        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
-
-    def img(self, relative: str, alt: str = "", width: str | None = None) -> str:
-        """An ``<img>`` with the file embedded as a base64 data URI ('' when absent)."""
-        path = self.run_dir / relative
-        if not path.is_file():
-            return ""
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
-        style = f' style="max-width:{width}"' if width else ""
-        return f'<img src="data:{mime};base64,{data}" alt="{esc(alt or path.name)}"{style}>'
-
-
-@dataclass
-class Section:
-    title: str
-    builder: Callable[[ReportContext], str | None]
-    order: float
-
-
-SECTIONS: list[Section] = []
-
-
-def register_section(title: str, order: float = 100):
-    """Decorator: add a section builder to every report (sorted by ``order``)."""
-    def wrap(builder):
-        SECTIONS[:] = [s for s in SECTIONS if s.title != title]
-        SECTIONS.append(Section(title, builder, order))
-        SECTIONS.sort(key=lambda s: s.order)
-        return builder
-    return wrap
-
-
-def esc(value) -> str:
-    return html.escape(str(value))
-
-
-def fmt(value, digits: int = 3) -> str:
-    """A number for a table cell (NaN as an em dash)."""
-    if isinstance(value, float):
-        return "&mdash;" if math.isnan(value) else f"{value:.{digits}f}"
-    return esc(value)
-
-
-def table(rows: list[list], header: list[str]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;
 padding:1em 2em;color:#222;line-height:1.4}
@@ -126,7 +43,6 @@ figcaption{font-size:85%;color:#555}.warn{background:#fff4e5;border-left:4px sol
 
 def render(run_dir: str | Path) -> str:
     """The report page of a run as an HTML string (every image embedded)."""
-    from . import sections  # noqa: F401  (registers the built-in sections)
     ctx = ReportContext(Path(run_dir))
     parts = []
     for section in SECTIONS:
@@ -155,6 +71,5 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     Raises:
         RunDirError: ``run_dir`` is not a run directory.
     """
-    from ..rundir import load_run
     load_run(run_dir)  # a clear error for a folder that is not a run
     return write_text(Path(path) if path else Path(run_dir) / REPORT, render(run_dir))

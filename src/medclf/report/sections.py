@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import yaml
 
-from .html import ReportContext, esc, fmt, register_section, table
+from .context import ReportContext, esc, fmt, register_section, table
 
 
 @register_section("Summary", order=10)

@@ -1,20 +1,6 @@
-"""``medclf serve``: HTTP API and web page over a folder of run directories (FastAPI + Uvicorn)."""
+"""The service: HTTP API and web page over a folder of run directories (FastAPI + Uvicorn)."""
 from __future__ import annotations
 
 from .app import create_app
 
-__all__ = ["create_app", "serve"]
-
-
-def serve(runs_dir: str = "runs", host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = 50.0, accelerator: str = "cpu") -> None:
-    """Run the service with Uvicorn until interrupted (binds to localhost by default).
-
-    Raises:
-        RunDirError: ``runs_dir`` is not a folder.
-    """
-    import uvicorn
-    app = create_app(runs_dir, max_upload_mb=max_upload_mb, accelerator=accelerator)
-    print(f"medclf serve: {len(app.state.store.names())} run(s) in {app.state.store.root}; "
-          f"open http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+__all__ = ["create_app"]

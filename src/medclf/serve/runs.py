@@ -17,7 +17,7 @@ import torch
 
 from .. import rundir
 from ..errors import MedclfError, RunDirError
-from ..evaluation.run import load_model, pick_device, predict_probabilities
+from ..evaluation.predict import load_model, pick_device, predict_probabilities
 
 log = logging.getLogger("medclf")
 PLOT_SUFFIXES = (".png", ".svg", ".jpg")

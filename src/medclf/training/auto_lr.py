@@ -1,6 +1,6 @@
 """``train.lr=auto``: the learning rate chosen by an LR range test run just before training.
 
-The test is :func:`medclf.sanity.lr_range_test` (Smith, "Cyclical learning rates for training
+The test is :func:`medclf.training.lr_range.lr_range_test` (Smith, "Cyclical learning rates for training
 neural networks", WACV 2017, through Lightning's ``Tuner.lr_find``) on a seeded,
 class-stratified subset of the training split, with the run's network at its initial weights
 and augmentation off. Lightning's ``lr_find`` saves the model to a temporary checkpoint
@@ -27,6 +27,7 @@ import torch
 from .. import rundir
 from ..config import Config, TrainConfig, load_yaml
 from ..io import write_json, write_yaml
+from .lr_range import lr_range_test
 
 log = logging.getLogger("medclf")
 
@@ -82,7 +83,6 @@ def choose_lr(cfg: Config, network: torch.nn.Module, images: torch.Tensor, label
         (suggestion, bounds, subset size, whether the fallback was used and why).
         Failures of the test never raise: they log a warning and return ``fallback``.
     """
-    from ..sanity import lr_range_test
 
     low, high = LR_BOUNDS.get(cfg.train.optimizer, ADAPTIVE_BOUNDS)
     index = stratified_subset(labels, num_classes, PER_CLASS, cfg.seed)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAUROC
 
 from ..errors import TrainingDivergedError
+from .optim import build_optimizer
 
 MONITOR_MODES = {"val_roc_auc": "max", "val_loss": "min", "val_accuracy": "max",
                  "val_balanced_accuracy": "max"}
@@ -100,17 +101,7 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         params = self.parameters()
-        if cfg.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                        nesterov=cfg.nesterov and cfg.momentum > 0,
-                                        weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
-                                            weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(params, cfg)
         scheduler = build_scheduler(optimizer, cfg, self.trainer)
         if scheduler is None:
             return optimizer

@@ -1,6 +1,8 @@
 """Checks before training (output folder writable, enough free disk) and advice on out-of-memory."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import tempfile
@@ -82,3 +84,20 @@ def out_of_memory_advice(cfg, stage: str, err: BaseException) -> OutOfMemory:
         f"{cfg.train.batch_size}), smaller images (--set data.image_size=[{smaller.replace('x', ',')}], "
         f"now {size}), a smaller model (model.name / model.filters), or on a GPU "
         f"--set trainer.precision=16-mixed.")
+
+
+@contextlib.contextmanager
+def advise_on_out_of_memory(cfg, stage: str):
+    """Turn running out of memory inside the block into :class:`OutOfMemory` with advice
+    (:func:`out_of_memory_advice`); every other error passes unchanged.
+
+    Args:
+        cfg: the run's configuration (``data.image_size`` and ``train.batch_size`` are named).
+        stage: what was running, for the message (e.g. ``"training"``).
+    """
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_advice(cfg, stage, err) from None
+        raise

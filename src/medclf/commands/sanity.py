@@ -23,30 +23,26 @@ import copy
 import logging
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from . import rundir
-from .config import deep_merge, validate
-from .data.sources import Manifest
-from .data.sources.folder import discover
-from .data.prepare import prepare_images
-from .errors import DataError
-from .io import atomic_write, write_json
-from .models import create_model
-from .plan import fingerprint, plan_config
+from .. import rundir
+from ..data.prepare import prepare_images
+from ..data.sources import Manifest
+from ..diagnostics.checks import LOSS_TARGET, activation_stats, gradient_norms, overfit, subset
+from ..errors import DataError
+from ..io import atomic_write, write_json
+from ..models import create_model
+from ..plan import plan_run
+from ..training.auto_lr import planned_lr
+from ..training.lr_range import lr_range_test
 
 log = logging.getLogger("medclf")
-
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.PReLU, nn.SELU, nn.SiLU, nn.ReLU6, nn.Tanh,
-               nn.Sigmoid, nn.Mish, nn.Hardswish)
-LOSS_TARGET = 0.05  # "near-zero" cross-entropy for the overfit check
 
 
 @dataclass
@@ -96,70 +92,6 @@ class SanityReport:
         return out
 
 
-def subset(manifest: Manifest, per_class: int, seed: int) -> Manifest:
-    """``per_class`` training images of every class (fewer where a class has fewer), seeded."""
-    train = manifest.frame[manifest.frame.split == "train"]
-    parts = [group.sample(n=min(per_class, len(group)), random_state=seed)
-             for _, group in train.groupby("label", sort=True)]
-    import pandas as pd
-    frame = pd.concat(parts).sort_index().reset_index(drop=True)
-    return Manifest(frame, manifest.class_names)
-
-
-def activation_stats(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Fraction of dead channels per activation layer for one batch.
-
-    A channel is dead when its output is never positive for any image and any position of
-    the batch (for ReLU: always exactly zero), so no gradient reaches the weights before it.
-
-    Args:
-        images: ``(N, C, *spatial)``.
-
-    Returns:
-        ``{layer name: dead fraction in [0, 1]}``, in forward order.
-    """
-    stats: dict[str, float] = {}
-    hooks = []
-
-    def hook(name):
-        def record(module, inputs, output):
-            if not torch.is_tensor(output) or output.dim() < 2:
-                return
-            per_channel = output.detach().transpose(0, 1).reshape(output.shape[1], -1)
-            stats[name] = float((per_channel.max(dim=1).values <= 0).float().mean())
-        return record
-
-    for name, module in model.named_modules():
-        if isinstance(module, ACTIVATIONS):
-            hooks.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
-    return stats
-
-
-def gradient_norms(model: nn.Module) -> dict[str, float]:
-    """Gradient norm of every trainable parameter after a backward pass (NaN if it got none)."""
-    return {name: (float(p.grad.norm()) if p.grad is not None else math.nan)
-            for name, p in model.named_parameters() if p.requires_grad}
-
-
-def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
-    """The configured optimiser at a constant learning rate (no schedule)."""
-    cfg = train_cfg
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
 def _lr_causes(cfg, high: bool) -> list[str]:
     lr = cfg.train.lr
     typical = "1e-4 to 3e-3" if cfg.train.optimizer in ("adam", "adamw", "rmsprop") else "1e-3 to 1e-1"
@@ -177,137 +109,12 @@ def _dead_causes(cfg) -> list[str]:
             f"inputs normalised with preprocess.normalization={cfg.preprocess.normalization}"]
 
 
-def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, max_steps: int,
-            batch_size: int) -> dict:
-    """Train on a fixed small set with plain cross-entropy until 100 % accuracy and loss < 0.05.
-
-    ``batch_size`` images per step (the sanity command uses the whole subset as one batch,
-    so that the training-mode accuracy it measures sees the same batch statistics).
-
-    Args:
-        images: ``(N, C, *spatial)``; labels: ``(N,)`` class indices.
-        max_steps: step budget.
-
-    Returns:
-        dict with ``losses`` (per step), ``accuracy`` and ``loss`` of the last full pass,
-        ``steps`` run, ``reached`` (bool), ``nonfinite_step`` (step where the loss became
-        NaN/inf, or None), ``stalled`` (stopped after 30+ steps without any progress) and
-        ``update_ratio`` (mean over the first 5 steps of the median ||update|| / ||weight||
-        of the weight tensors).
-    """
-    optimizer = build_optimizer(model.parameters(), cfg.train)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    losses, result = [], {"reached": False, "nonfinite_step": None, "accuracy": 0.0, "loss": math.nan,
-                          "stalled": False}
-    weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    ratios = []  # ||update|| / ||weight|| of the first steps (Karpathy: healthy around 1e-3 .. 1e-2)
-    n = len(labels)
-    step = 0
-    while step < max_steps:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            model.train()
-            index = order[start:start + batch_size]
-            loss = F.cross_entropy(model(images[index]), labels[index])
-            losses.append(loss.item())
-            if not torch.isfinite(loss):
-                result["nonfinite_step"] = step
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.gradient_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.gradient_clip)
-            before = [w.detach().clone() for w in weights] if step < 5 else None
-            optimizer.step()
-            if before is not None:
-                ratios.append(float(np.median([float((w.detach() - b).norm() / b.norm().clamp(min=1e-12))
-                                               for w, b in zip(weights, before)])))
-            step += 1
-        if result["nonfinite_step"] is not None:
-            break
-        if step >= 30 and min(losses[-10:]) > 0.9 * losses[0]:  # no progress at all: stop early
-            result["stalled"] = True
-            break
-        with torch.no_grad():  # the whole subset in one batch, in training mode (batch statistics)
-            logits = model(images)
-            full = F.cross_entropy(logits, labels)
-            result["loss"] = float(full)
-            result["accuracy"] = float((logits.argmax(1) == labels).float().mean())
-        if result["accuracy"] == 1.0 and result["loss"] < LOSS_TARGET:
-            result["reached"] = True
-            break
-    result.update(losses=losses, steps=step, update_ratio=float(np.mean(ratios)) if ratios else math.nan)
-    return result
-
-
-def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_training: int = 40,
-                  num_classes: int | None = None, progress: bool = True):
-    """Leslie Smith's LR range test with Lightning's ``Tuner.lr_find`` on the subset.
-
-    Used by ``medclf sanity`` and by ``train.lr=auto`` (:mod:`medclf.training.auto_lr`).
-    ``lr_find`` saves the model to a temporary checkpoint first and restores it when the test
-    ends, also when its training loop raises (a ``finally`` block in Lightning 2.6).
-
-    Args:
-        images: ``(N, C, *spatial)``; labels: ``(N,)`` class indices.
-        num_training: learning rates tried (one step each), from 1e-6 to 1.
-        num_classes: classes of the model (default: ``labels.max() + 1``).
-        progress: show lr_find's progress bar (on stderr).
-
-    Returns:
-        the suggested learning rate (steepest descent of the smoothed loss) or None; writes
-        ``lr_range_test.png`` into ``out``.
-    """
-    import contextlib
-    import io
-    import tempfile
-
-    import lightning as L
-    from lightning.pytorch.tuner import Tuner
-
-    from .data.datamodule import ImageDataModule
-    from .training.module import Classifier
-
-    run_cfg = cfg.model_copy(deep=True)
-    run_cfg.augment.enabled = False
-    run_cfg.train.schedule = "none"
-    run_cfg.train.batch_size = min(run_cfg.train.batch_size, len(labels))
-    run_cfg.train.label_smoothing = 0.0
-    if run_cfg.train.lr == "auto":
-        run_cfg.train.lr = 1e-3  # any number: lr_find sets the learning rate of every step
-    module = Classifier(model, num_classes or int(labels.max()) + 1, run_cfg.train)
-    data = ImageDataModule({"train": (images, labels), "val": (images, labels)}, run_cfg)
-    with tempfile.TemporaryDirectory(prefix="medclf-lr-find-") as root, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # default_root_dir: where lr_find keeps its temporary checkpoint of the initial weights
-        trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root)
-        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-        with quiet:  # lr_find always draws a tqdm bar
-            finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=1e-6, max_lr=1.0,
-                                            num_training=num_training, early_stop_threshold=4.0,
-                                            update_attr=False)
-    if finder is None:
-        return None
-    suggestion = finder.suggestion()
-    if out is not None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        figure = finder.plot(suggest=suggestion is not None)
-        figure.axes[0].set_title("LR range test (Smith 2017)")
-        atomic_write(out / "lr_range_test.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-        plt.close(figure)
-    return float(suggestion) if suggestion else None
-
-
 def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", name: str | None = None,
            per_class: int = 8, max_steps: int = 200, lr_test: bool = True) -> SanityReport:
     """Run the checks of the module docstring on a subset of ``data``'s training split.
 
     Args:
-        data: dataset folder, as for ``medclf train``.
+        data: any dataset source, as for ``medclf train`` (None: ``data.source`` of ``config``).
         config: settings as for ``medclf train`` (YAML path, dict or Config; the planned
             defaults fill the rest).
         overrides: ``--set`` style ``key=value`` overrides applied on top of ``config``.
@@ -322,22 +129,15 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
     Raises:
         MedclfError: bad configuration or data (as ``medclf train``).
     """
-    import lightning as L
-
-    from .training.run import user_tree
-
     started = time.perf_counter()
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    tree = user_tree(config, overrides)
-    early = validate(tree)
-    data = Path(data if data is not None else early.data.source or "")
-    manifest = discover(data, early.data.val_fraction, early.data.test_fraction, early.seed)
-    plan = plan_config(fingerprint(manifest))
-    cfg = validate(deep_merge(plan, deep_merge(tree, {"data": {"source": str(data)}})))
+    planned = plan_run(data, config, overrides)
+    cfg, manifest = planned.config, planned.manifest
+    data_name = rundir.slug(planned.source.split(":", 1)[1] if planned.source.startswith("medmnist:")
+                            else Path(planned.source).resolve().name)
     if cfg.train.lr == "auto":  # the checks train at the planned rate; the range test suggests one
-        from .training.auto_lr import planned_lr
-        cfg.train.lr = planned_lr(plan)
+        cfg.train.lr = planned_lr(planned.plan)
     small = subset(manifest, per_class, cfg.seed)
     images, kept, _ = prepare_images(Manifest(small.frame.assign(split="test"), small.class_names), cfg)
     labels = torch.tensor(kept.labels("test"), dtype=torch.long)
@@ -346,8 +146,8 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
         raise DataError("the sanity subset lacks readable images of some class")
     out_dir = None
     if out is not None:
-        out_dir = rundir.create_run_dir(out, name or f"{data.resolve().name}-sanity-{time.strftime('%Y%m%d-%H%M%S')}",
-                                        data.resolve().name)
+        out_dir = rundir.create_run_dir(out, name or f"{data_name}-sanity-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        data_name)
         (out_dir / "checkpoints").rmdir()  # nothing is saved: the checks train throw-away copies
     L.seed_everything(cfg.seed, verbose=False)
     model_cfg = cfg.model.model_copy(update={"dropout": 0.0})  # dropout off, like augmentation
@@ -486,3 +286,12 @@ def _finish(report: SanityReport, started: float) -> SanityReport:
                     "suggested_lr": report.suggested_lr, "loss_curve": report.loss_curve,
                     "seconds": round(time.perf_counter() - started, 1)})
     return report
+
+
+def main(args) -> int:
+    """Print every check's verdict; exit 1 when any failed."""
+    report = sanity(args.data, config=args.config, overrides=args.overrides, out=args.out,
+                    per_class=args.per_class, max_steps=args.steps, lr_test=not args.no_lr_test)
+    print("\n".join(report.lines()))
+    print(report.out_dir)
+    return 0 if report.passed else 1

@@ -10,6 +10,9 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from ..explain.gallery import write_gallery
+from ..report import write_report
+
 log = logging.getLogger("medclf")
 
 STEPS: list[tuple[str, float, Callable]] = []
@@ -27,13 +30,11 @@ def register_step(name: str, order: float = 50):
 @register_step("gallery", order=50)
 def _gallery(run_dir: Path, config) -> None:
     if config.explain.gallery_size > 0:
-        from .explain.gallery import write_gallery
         write_gallery(run_dir, config.explain.gallery_size, config.explain.method)
 
 
 @register_step("report", order=1000)  # last: it shows what the other steps wrote
 def _report(run_dir: Path, config) -> None:
-    from .report import write_report
     write_report(run_dir)
 
 

@@ -1,15 +1,20 @@
 """``medclf evaluate``: re-evaluate a run's best checkpoint on its test split or new data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from .. import rundir
-from ..data.sources import Manifest, discover_labelled
 from ..data.prepare import prepare_images
+from ..data.sources import Manifest, discover_labelled, discover_source
 from ..errors import DataError
-from .run import load_model, pick_device, predict_probabilities, predict_tta, write_evaluation
+from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
+from ..evaluation.metrics import summary_lines
+from ..evaluation.predict import load_model, pick_device
+from ..inspect import leaked_paths
+from .postrun import after_evaluation
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Path, dict]:
@@ -35,7 +40,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         frame = split[split.split == "test"].reset_index(drop=True)
         out = run.path
     elif str(data).lower().endswith((".npz", ".csv")) or str(data).startswith("medmnist:"):
-        from ..data.sources import discover_source
         labelled = discover_source(str(data), run.config.data, run.config.seed).frame
         frame = labelled[labelled.split == "test"].reset_index(drop=True)
     else:
@@ -49,50 +53,39 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         (out / "plots").mkdir(parents=True, exist_ok=True)
     manifest = Manifest(frame[["path", "label"]].assign(split="test"), run.class_names)
     images, kept, bad = prepare_images(manifest, run.config)
-    labels = pd.Series(kept.labels("test")).to_numpy()
-    model = load_model(run)
-    device = pick_device(run.config.trainer.accelerator)
-    probabilities = predict_probabilities(model, images, run.config.eval.batch_size, device)
-    val_labels = val_probabilities = val_tta = None
+    test = EvaluationSplit(images, pd.Series(kept.labels("test")).to_numpy(), kept.frame)
     split = run.split()
     val_frame = split[split.split == "val"]
+    val = None
     if len(val_frame):  # the operating threshold and temperature come from the run's validation split
         val_manifest = Manifest(val_frame[["path", "label"]].assign(split="test").reset_index(drop=True),
                                 run.class_names)
         val_images, val_kept, _ = prepare_images(val_manifest, run.config.model_copy(
             update={"data": run.config.data.model_copy(update={"on_bad_file": "skip"})}))
-        val_labels = pd.Series(val_kept.labels("test")).to_numpy()
-        val_probabilities = predict_probabilities(model, val_images, run.config.eval.batch_size, device)
-        if run.config.eval.tta:
-            val_tta = predict_tta(model, val_images, run.config, device, val_probabilities)[0]
-        if run.config.eval.drop_duplicates:  # as in training: val copies of training images out
-            val_drop = _leaked(run, val_kept.frame, data, split="val", always=True)
-            if val_drop is not None:
-                val_labels, val_probabilities = val_labels[~val_drop], val_probabilities[~val_drop]
-                val_tta = val_tta[~val_drop] if val_tta is not None else None
-    tta, views = (predict_tta(model, images, run.config, device, probabilities) if run.config.eval.tta else (None, 0))
+        val = EvaluationSplit(val_images, pd.Series(val_kept.labels("test")).to_numpy(), val_kept.frame)
+    leaked = _leaked(run) if data is None else {"val": _leaked(run)["val"], "test": set()}
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
-    metrics = write_evaluation(out, kept.frame, probabilities, labels, run.class_names, checkpoint, extra,
-                               config=run.config, val_labels=val_labels, val_probabilities=val_probabilities,
-                               tta_probabilities=tta, tta_views_count=views, val_tta_probabilities=val_tta,
-                               drop=_leaked(run, kept.frame, data))
+    metrics = evaluate_model(load_model(run), out, run.class_names, test, val, run.config, checkpoint, extra,
+                             leaked, pick_device(run.config.trainer.accelerator))
     if data is None:  # the run's own test split: refresh its gallery and report
-        from ..postrun import after_evaluation
         after_evaluation(run.path, run.config)
     return out, metrics
 
 
-def _leaked(run: rundir.Run, frame: pd.DataFrame, data, split: str = "test",
-            always: bool = False) -> "np.ndarray | None":
-    """Images of ``split`` that the run's inspection.json found duplicating training images
-    (for the run's own test split, or always for its validation split)."""
-    import json
+def _leaked(run: rundir.Run) -> dict[str, set[str]]:
+    """Validation and test images that the run's ``inspection.json`` found duplicating
+    training images (none when the run has no inspection)."""
+    path = run.path / rundir.INSPECTION
+    if not path.is_file():
+        return {"val": set(), "test": set()}
+    inspection = json.loads(path.read_text(encoding="utf-8"))
+    return {split: leaked_paths(inspection, split) for split in ("val", "test")}
 
-    import numpy as np
-    path = run.path / "inspection.json"
-    if (data is not None and not always) or not path.is_file():
-        return None
-    from ..inspect import leaked_paths
-    leaks = leaked_paths(json.loads(path.read_text(encoding="utf-8")), split)
-    return frame.path.isin(leaks).to_numpy()
+
+def main(args) -> int:
+    """``medclf evaluate RUN [--data DIR]``: print the metrics and the output folder."""
+    out, metrics = evaluate_run(args.run, data=args.data)
+    print("\n".join(summary_lines(metrics, metrics["class_names"])))
+    print(out)
+    return 0

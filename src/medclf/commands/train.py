@@ -5,39 +5,35 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, ModelCheckpoint,
-                                         TQDMProgressBar)
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from .. import rundir
-from ..config import Config, deep_merge, load_yaml, parse_overrides, validate
-from ..diagnostics import build_callbacks as build_diagnostics, write_architecture
-from ..postrun import after_evaluation
-from ..data.datamodule import ImageDataModule
-from ..data.sources import Manifest, discover_source, ignore_reason
+from ..config import Config, load_yaml, validate
 from ..data.prepare import prepare_splits
-from ..evaluation.run import pick_device, predict_probabilities, predict_tta, training_counts, write_evaluation
-from ..models.prior import apply_output_prior
+from ..data.preprocess import cache_root
+from ..data.sources import Manifest, discover_source, ignore_reason
+from ..diagnostics import write_architecture
+from ..errors import ConfigError, DataError, RunDirError
+from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
+from ..evaluation.metrics import summary_lines
+from ..evaluation.predict import pick_device, training_counts
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
-from ..plan import fingerprint, plan_config
-from ..errors import ConfigError, DataError, RunDirError
+from ..models.prior import apply_output_prior
+from ..plan import fingerprint, plan_run, read_plan, write_plan
 from ..provenance import provenance
-from ..testing.faults import fault_callbacks
-from . import auto_lr
-from .callbacks import MetricsCSV
-from .reliability import AtomicCheckpointIO, EpochSeeder, remove_stale_temporaries
-from .safety import (check_free_space, check_writable, is_out_of_memory, out_of_memory_advice,
-                     required_bytes)
-from .module import MONITOR_MODES, Classifier
+from ..training import auto_lr
+from ..training.fit import RUN_DIR_ENV, build_trainer, class_weights, fit, launch_rank, stopped_early
+from ..training.module import Classifier
+from ..training.reliability import remove_stale_temporaries
+from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
+from .postrun import after_evaluation
 
 log = logging.getLogger("medclf")
 
@@ -51,56 +47,6 @@ class TrainResult:
     is_global_zero: bool = True  # False in the extra processes of a multi-process (DDP) run
 
 
-RUN_DIR_ENV = "MEDCLF_RUN_DIR"  # rank 0 tells the DDP processes it launches where its run is
-
-
-def launch_rank() -> int:
-    """This process's global rank as set by the launcher (Lightning, torchrun, SLURM); 0 alone.
-
-    Reads ``RANK``, ``SLURM_PROCID``, ``LOCAL_RANK`` and ``NODE_RANK``: any non-zero value
-    means this process is not rank 0 of a multi-process run.
-    """
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
-        value = os.environ.get(name, "0")
-        if value.isdigit() and int(value) != 0:
-            return int(value)
-    return 0
-
-
-def user_tree(config: str | Path | dict | Config | None, overrides) -> dict:
-    """The user's settings (YAML file, dict or Config) with ``--set`` overrides, unvalidated."""
-    if isinstance(config, Config):
-        tree = config.to_dict()
-    elif isinstance(config, dict):
-        tree = dict(config)
-    elif config:
-        tree = load_yaml(config)
-    else:
-        tree = {}
-    if isinstance(overrides, dict):
-        return deep_merge(tree, overrides)
-    return deep_merge(tree, parse_overrides(overrides))
-
-
-def class_weights(labels: torch.Tensor, num_classes: int, setting,
-                  sampler: str = "shuffle") -> torch.Tensor | None:
-    """Cross-entropy class weights ``(num_classes,)`` from training labels ``(N,)``.
-
-    ``'auto'`` gives ``N / (K * n_c)`` (scikit-learn's 'balanced' rule), or None with the
-    class-balanced sampler (``sampler='balanced'``), whose batches are balanced already
-    (weighting them as well would over-correct); ``'none'`` gives None; a list is used as
-    given. Raises ConfigError for a list of the wrong length."""
-    if setting == "none" or (setting == "auto" and sampler == "balanced"):
-        return None
-    if setting == "auto":
-        counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
-        return counts.sum() / (num_classes * counts)
-    if len(setting) != num_classes:
-        from ..errors import ConfigError
-        raise ConfigError(f"train.class_weights: {len(setting)} weights given for {num_classes} classes")
-    return torch.tensor(setting, dtype=torch.float32)
-
-
 def train(data: str | Path | None, config=None, overrides=None, out: str | Path = "runs",
           name: str | None = None, progress: bool = True, resume: str | Path | None = None,
           overwrite: bool = False, callbacks: list | None = None,
@@ -109,7 +55,7 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
 
     Args:
         data: class-per-folder tree of images, volumes or DICOM series; CSV manifest; MedMNIST
-            ``.npz`` or ``medmnist:NAME`` (see :func:`medclf.data.sources.discover_source`);
+            ``.npz`` or ``medmnist:NAME`` (see :func:`medclf.plan.plan_run`);
             None takes ``data.source`` of the configuration (e.g. a run's own ``config.yaml``).
         config: YAML path, dict or :class:`~medclf.config.Config` with user settings; the
             dataset plan fills in everything not given.
@@ -148,15 +94,8 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
             raise ConfigError("--resume continues a run with its own config.yaml: give no DATA, "
                               "--config or --set with it")
         return _resume(Path(resume), progress, started)
-    tree = user_tree(config, overrides)
-    early = validate(tree)  # the user's settings alone, to find and split the data
-    if data is None and not early.data.source:
-        raise ConfigError("no dataset: give DATA or set data.source (a run's config.yaml has it)")
-    source = str(data if data is not None else early.data.source)
-    manifest = discover_source(source, early.data, early.seed)
-    fp = fingerprint(manifest)
-    plan = plan_config(fp)
-    cfg = validate(deep_merge(plan, deep_merge(tree, {"data": {"source": source}})))
+    planned = plan_run(data, config, overrides)
+    cfg, manifest, source = planned.config, planned.manifest, planned.source
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # seeded initialisation
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
@@ -166,16 +105,17 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     if rank == 0:
         run_dir = rundir.create_run_dir(out, name, data_name, overwrite=overwrite)
         write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
+        write_plan(run_dir, planned)
     else:  # a DDP process launched by rank 0 (or by torchrun/SLURM): write nothing of its own
         run_dir = Path(os.environ.get(RUN_DIR_ENV) or tempfile.mkdtemp(prefix="medclf-rank"))
     splits, manifest, bad = _prepare(manifest, cfg)
     lr_record = None
     if cfg.train.lr == "auto":  # LR range test at the initial weights; config.yaml gets the number
         lr_record = auto_lr.resolve(cfg, network, splits["train"], manifest.num_classes, run_dir,
-                                    auto_lr.planned_lr(plan), rank0=rank == 0)
+                                    auto_lr.planned_lr(planned.plan), rank0=rank == 0)
     if rank == 0:
         _write_manifest(run_dir, manifest, bad, cfg)
-        write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+        _write_dataset(run_dir, planned.fingerprint, manifest, bad)
         if lr_record is not None:
             auto_lr.record_choice(run_dir, cfg, lr_record)
     return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=None,
@@ -183,12 +123,8 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
 
 
 def _prepare(manifest, cfg):
-    try:
+    with advise_on_out_of_memory(cfg, "preprocessing"):
         return prepare_splits(manifest, cfg)
-    except (MemoryError, RuntimeError) as err:
-        if is_out_of_memory(err):
-            raise out_of_memory_advice(cfg, "preprocessing", err) from None
-        raise
 
 
 def _preflight(out: Path, cfg: Config, network, n_images: int) -> None:
@@ -201,7 +137,6 @@ def _preflight(out: Path, cfg: Config, network, n_images: int) -> None:
     image_shape = [cfg.data.in_channels, *cfg.data.image_size]
     check_free_space(out, required_bytes(network, n_images, image_shape, disk_cache=False))
     if cfg.data.cache == "disk":
-        from ..data.preprocess import cache_root
         root = cache_root(cfg)
         root.mkdir(parents=True, exist_ok=True)
         check_writable(root)
@@ -217,6 +152,10 @@ def _write_manifest(run_dir: Path, manifest, bad, cfg: Config) -> None:
         write_csv(run_dir / rundir.IGNORED_FILES,
                   pd.DataFrame([(p, ignore_reason(p)) for p in manifest.ignored], columns=["path", "reason"]))
     write_json(run_dir / rundir.PROVENANCE, provenance(manifest.frame, cfg.to_dict()))
+
+
+def _write_dataset(run_dir: Path, facts: dict, manifest: Manifest, bad: list) -> None:
+    write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), "n_skipped": len(bad)})
 
 
 def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
@@ -237,7 +176,10 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     else:  # killed while preprocessing: the seeded split is found again
         manifest = discover_source(cfg.data.source, cfg.data, cfg.seed)
         stored = None
-    fp = fingerprint(manifest) if stored is None else None
+    stored_plan = read_plan(run_dir)
+    facts = (stored_plan or {}).get("fingerprint") if stored is None else None
+    if stored is None and facts is None:
+        facts = fingerprint(manifest)
     splits, manifest, bad = _prepare(manifest, cfg)
     if stored is not None:
         old = dict(zip(stored.path, stored.sha.astype(str)))
@@ -248,13 +190,16 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
                             f"differs from {rundir.SPLIT}), e.g. {changed[0]}; start a new run")
     else:
         _write_manifest(run_dir, manifest, bad, cfg)
-        write_json(run_dir / rundir.DATASET, {**fp, "counts": manifest.counts(), "n_skipped": len(bad)})
+        _write_dataset(run_dir, facts, manifest, bad)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
     if cfg.train.lr == "auto":  # killed before the range test had chosen: nothing was trained yet
+        plan = (stored_plan or {}).get("plan")
+        if plan is None:  # a run written before plan.json
+            plan = plan_run(cfg.data.source, cfg).plan
         record = auto_lr.resolve(cfg, network, splits["train"], manifest.num_classes, run_dir,
-                                 auto_lr.planned_lr(plan_config(fingerprint(manifest))))
+                                 auto_lr.planned_lr(plan))
         auto_lr.record_choice(run_dir, cfg, record)
     ckpt = run_dir / rundir.LAST
     if not ckpt.exists():
@@ -277,37 +222,19 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
             write_architecture(network, (cfg.data.in_channels, *cfg.data.image_size), run_dir)
     trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
     resumed_from = None
+    ckpt_arg = None
     if ckpt is not None:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         resumed_from = int(saved.get("epoch", -1))
         log.warning("resuming %s after epoch %d", run_dir, resumed_from)
-        if _stopped_early(saved):
-            ckpt_arg = None  # early stopping had ended the run: only the evaluation is left
-            trainer = None
+        if stopped_early(saved):
+            trainer = None  # early stopping had ended the run: only the evaluation is left
         else:
             ckpt_arg = str(ckpt)
         del saved
-    else:
-        ckpt_arg = None
     if trainer is not None:
         trainer.callbacks.extend(callbacks or [])
-        previous = os.environ.get(RUN_DIR_ENV)
-        os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes DDP launches
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*number of training batches.*")
-            warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
-            try:
-                trainer.fit(module, datamodule=ImageDataModule(splits, cfg), ckpt_path=ckpt_arg)
-            except (MemoryError, RuntimeError) as err:
-                if is_out_of_memory(err):
-                    raise out_of_memory_advice(cfg, "training", err) from None
-                raise
-            finally:
-                if previous is None:
-                    os.environ.pop(RUN_DIR_ENV, None)
-                else:
-                    os.environ[RUN_DIR_ENV] = previous
+        fit(trainer, module, splits, cfg, run_dir, ckpt_arg)
         if not trainer.is_global_zero:
             return TrainResult(run_dir, {}, is_global_zero=False)
     if not evaluate_test:
@@ -319,40 +246,19 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     module.load_state_dict(saved["state_dict"])
     # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
     apply_output_prior(module.model, training_counts(manifest.frame, manifest.class_names), cfg.train)
-    device = pick_device(cfg.trainer.accelerator)
-    test_images, test_labels = splits["test"]
-    try:
-        probabilities = predict_probabilities(module.model, test_images, cfg.eval.batch_size, device)
-        val_images, val_labels = splits["val"]
-        val_probabilities = predict_probabilities(module.model, val_images, cfg.eval.batch_size, device)
-        tta, views = predict_tta(module.model, test_images, cfg, device, probabilities) if cfg.eval.tta else (None, 0)
-        val_tta = predict_tta(module.model, val_images, cfg, device, val_probabilities)[0] if cfg.eval.tta else None
-    except (MemoryError, RuntimeError) as err:
-        if is_out_of_memory(err):
-            raise out_of_memory_advice(cfg, "evaluation (lower eval.batch_size)", err) from None
-        raise
-    val_frame = manifest.frame[manifest.frame.split == "val"]
-    if cfg.eval.drop_duplicates:
-        keep = ~val_frame.path.isin(leaks["val"]).to_numpy()
-        val_probabilities, val_labels = val_probabilities[keep], val_labels[torch.from_numpy(keep)]
-        val_tta = val_tta[keep] if val_tta is not None else None
-    test_frame = manifest.frame[manifest.frame.split == "test"]
     epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
              "world_size": trainer.world_size if trainer is not None else 1,
              "train_time_s": round(time.perf_counter() - started, 1)}
     if resumed_from is not None:
         extra["resumed_after_epoch"] = resumed_from
-    metrics = write_evaluation(run_dir, test_frame, probabilities, test_labels.numpy(),
-                               manifest.class_names, str(checkpoint.relative_to(run_dir)), extra,
-                               config=cfg, val_labels=val_labels.numpy(), val_probabilities=val_probabilities,
-                               tta_probabilities=tta, tta_views_count=views, val_tta_probabilities=val_tta,
-                               drop=test_frame.path.isin(leaks["test"]).to_numpy())
+    frame = manifest.frame
+    test = EvaluationSplit(*splits["test"], frame[frame.split == "test"])
+    val = EvaluationSplit(*splits["val"], frame[frame.split == "val"])
+    metrics = evaluate_model(module.model, run_dir, manifest.class_names, test, val, cfg,
+                             str(checkpoint.relative_to(run_dir)), extra, leaks, pick_device(cfg.trainer.accelerator))
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
-
-
-INSPECTION = "inspection.json"
 
 
 def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:
@@ -368,60 +274,25 @@ def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:
         paths = manifest.frame.path[manifest.frame.split == split]
         decoded.update(zip(paths, images.numpy()))
     inspection = inspect_manifest(manifest, decoded=decoded)
-    write_json(run_dir / INSPECTION, inspection)
+    write_json(run_dir / rundir.INSPECTION, inspection)
     leaks = {s: leaked_paths(inspection, s) for s in ("val", "test")}
     for split, paths in leaks.items():
         if paths:
             bar = "!" * 78
             log.warning("\n%s\n%d %s image(s) duplicate training images (exact or near copies): "
                         "their metrics are inflated. Listed in %s; set eval.drop_duplicates=true to drop them "
-                        "from the evaluation.\n  %s\n%s", bar, len(paths), split, run_dir / INSPECTION,
+                        "from the evaluation.\n  %s\n%s", bar, len(paths), split, run_dir / rundir.INSPECTION,
                         "\n  ".join(sorted(paths)[:10]) + ("\n  ..." if len(paths) > 10 else ""), bar)
     return leaks
 
 
-def _stopped_early(checkpoint: dict) -> bool:
-    """True when the checkpoint's EarlyStopping state had already stopped the run."""
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if str(key).startswith("EarlyStopping") and isinstance(state, dict):
-            if state.get("stopped_epoch", 0) > 0 or state.get("wait_count", 0) >= state.get("patience", 1 << 30):
-                return True
-    return False
-
-
-def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: int = 0) -> L.Trainer:
-    """A Lightning Trainer with the run's checkpoints, early stopping, weight averaging and
-    metrics record. ``n_train`` (training images) sets the EMA decay per step."""
-    mode = MONITOR_MODES[cfg.train.monitor]
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_selection",
-                        mode=mode, save_top_k=1, save_last=False, enable_version_counter=False),
-        # last.ckpt after every epoch, for --resume (Lightning 2.6's save_last=True writes it
-        # only in epochs where the best checkpoint was also written)
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                        enable_version_counter=False),
-        MetricsCSV(run_dir / rundir.METRICS),
-        EpochSeeder(cfg.seed),
-        *fault_callbacks(),
-    ]
-    if cfg.train.early_stopping.enabled:
-        callbacks.append(EarlyStopping(monitor="val_selection", mode=mode,
-                                       patience=cfg.train.early_stopping.patience,
-                                       min_delta=cfg.train.early_stopping.min_delta, check_finite=True))
-    if cfg.train.ema_epochs > 0 and n_train > 0:
-        steps_per_epoch = max(1, n_train // cfg.train.batch_size)
-        decay = 1.0 - 1.0 / max(1.0, cfg.train.ema_epochs * steps_per_epoch)
-        callbacks.append(EMAWeightAveraging(decay=decay))  # Lightning's EMA of the weights
-    callbacks += build_diagnostics(cfg.diagnostics, run_dir)  # empty unless diagnostics.enabled
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=5))
-    return L.Trainer(
-        max_epochs=cfg.train.max_epochs, accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
-        precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
-        gradient_clip_val=cfg.train.gradient_clip, callbacks=callbacks,
-        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
-        reload_dataloaders_every_n_epochs=1,  # per-epoch seeded loaders (see EpochSeeder)
-    )
+def main(args) -> int:
+    """``medclf train``: print the test metrics and, last, the run directory."""
+    result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
+                   name=args.name, progress=not args.no_progress, resume=args.resume,
+                   overwrite=args.overwrite)
+    if not result.is_global_zero:  # a DDP process launched by rank 0: rank 0 reports
+        return 0
+    print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))
+    print(result.run_dir)
+    return 0

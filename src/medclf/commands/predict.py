@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import rundir
-from .data.preprocess import preprocess_all
-from .errors import DataError
-from .evaluation.run import load_model, pick_device, predict_probabilities, predict_tta
+from .. import rundir
+from ..data.preprocess import preprocess_all
+from ..errors import DataError
+from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
+from ..io import write_csv
 
 
 def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None = None) -> pd.DataFrame:
@@ -20,7 +21,7 @@ def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None
         run_dir: a run directory written by ``medclf train``.
         paths: image files (or ``file.npz#split/index`` references).
         tta: test-time augmentation: also average the softmax probabilities over the
-            flipped and shifted copies of :func:`~medclf.evaluation.run.predict_tta` (the
+            flipped and shifted copies of :func:`~medclf.evaluation.predict.predict_tta` (the
             same views as ``eval.tta`` in train/evaluate). None: the run's ``eval.tta``.
 
     Returns:
@@ -66,3 +67,21 @@ def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None
     frame["tta_views"] = views
     frame["error"] = [errors.get(p, "") for p in paths]
     return frame
+
+
+def main(args) -> int:
+    """``medclf predict RUN IMAGE...``: one line per image; exit 1 when any file failed."""
+    frame = predict_files(args.run, args.images, tta=args.tta)
+    tta = "tta_prob_" if frame.tta_views.max() > 0 else ""
+    prob_cols = [c for c in frame.columns if c.startswith(tta + "prob_")]
+    for _, row in frame.iterrows():
+        if row.error:
+            print(f"{row.path}: error: {row.error}")
+            continue
+        probs = "  ".join(f"{c[len(tta) + 5:]}={row[c]:.3f}" for c in prob_cols)
+        note = f"  (test-time augmentation, {row.tta_views} views)" if tta else ""
+        print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}{note}")
+    if args.csv:
+        write_csv(args.csv, frame)
+        print(Path(args.csv))
+    return 1 if (frame.error != "").any() else 0

@@ -1,0 +1,38 @@
+"""``medclf inspect``: dataset fingerprint, exact and near duplicates, leakage between splits,
+unreadable files, for any data source, split as ``medclf train`` would split it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..inspect import inspect_manifest, summary_lines
+from ..io import write_json
+from ..plan import plan_run
+
+
+def inspect_dataset(data: str | Path, config=None, overrides=None) -> dict:
+    """Find and split the data as ``medclf train`` would (:func:`medclf.plan.plan_run`) and
+    inspect every image of it (:func:`medclf.inspect.inspect_manifest`).
+
+    Args:
+        data: class-per-folder tree, CSV manifest, MedMNIST ``.npz`` or ``medmnist:NAME``.
+        config: YAML path, dict or Config of user settings (fractions, seed).
+        overrides: ``["seed=1", ...]`` or a nested dict.
+
+    Raises:
+        MedclfError: the source is not a dataset, or bad settings (names what is wrong).
+    """
+    planned = plan_run(data, config, overrides)
+    result = inspect_manifest(planned.manifest)
+    result["data"] = str(data)
+    result["ignored_files"] = planned.manifest.ignored
+    return result
+
+
+def main(args) -> int:
+    """Print the inspection summary; with ``--out`` also save it as JSON."""
+    result = inspect_dataset(args.data, args.config, args.overrides)
+    print("\n".join(summary_lines(result)))
+    if args.out:
+        write_json(args.out, result)
+        print(Path(args.out))
+    return 0
