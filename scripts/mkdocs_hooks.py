@@ -3,10 +3,14 @@
 * ``reference/configuration.md`` from the pydantic schema (``medclf.docgen.config_reference``),
 * ``reference/cli.md`` from the argparse parser (``medclf.docgen.cli_reference``),
 * ``reference/api/<module>.md``: one mkdocstrings page per top-level module or subpackage of
-  ``src/medclf``, added to the navigation under "Reference > Python API", so a new module
-  appears without editing ``mkdocs.yml``,
+  ``src/medclf`` (a subpackage's page holds its modules and nested subpackages, e.g.
+  ``medclf.data.formats``), added to the navigation under "Reference > Python API", so a new
+  module appears without editing ``mkdocs.yml``; ``reference/architecture.md`` (written by
+  hand) is put in the navigation before them,
 * ``{{ config train.lr }}`` in any page is replaced by that key's type, default, allowed
-  values and description; an unknown key fails the build.
+  values and description; an unknown key fails the build,
+* ``{{ import-contracts }}`` is replaced by the import-linter contracts of ``pyproject.toml``
+  (``medclf.docgen.import_contracts_markdown``), so the layers shown are the ones enforced.
 """
 from __future__ import annotations
 
@@ -25,6 +29,19 @@ sys.path.insert(0, str(SRC))  # document this checkout, not an installed copy
 from medclf import docgen  # noqa: E402
 
 PLACEHOLDER = re.compile(r"\{\{\s*config\s+([A-Za-z0-9_.]+)\s*\}\}")
+CONTRACTS = re.compile(r"\{\{\s*import-contracts\s*\}\}")
+ARCHITECTURE = "reference/architecture.md"
+
+
+def _package_modules(path: Path, name: str) -> list[str]:
+    """``name`` (when its ``__init__.py`` holds more than a docstring line or two), its modules,
+    then each nested subpackage the same way."""
+    modules = [name] if (path / "__init__.py").read_text().strip().count("\n") > 2 else []
+    modules += [f"{name}.{p.stem}" for p in sorted(path.glob("*.py")) if not p.name.startswith("_")]
+    for sub in sorted(path.iterdir()):
+        if sub.is_dir() and not sub.name.startswith(("_", ".")) and (sub / "__init__.py").is_file():
+            modules += _package_modules(sub, f"{name}.{sub.name}")
+    return modules
 
 
 def api_pages() -> dict[str, list[str]]:
@@ -37,20 +54,18 @@ def api_pages() -> dict[str, list[str]]:
         if path.suffix == ".py":
             pages[f"reference/api/{path.stem}.md"] = [f"medclf.{path.stem}"]
         elif path.is_dir() and (path / "__init__.py").is_file():
-            modules = [f"medclf.{path.name}"] if (path / "__init__.py").read_text().strip().count("\n") > 2 else []
-            modules += [f"medclf.{path.name}.{p.stem}" for p in sorted(path.glob("*.py"))
-                        if not p.name.startswith("_")]
-            pages[f"reference/api/{path.name}.md"] = modules
+            pages[f"reference/api/{path.name}.md"] = _package_modules(path, f"medclf.{path.name}")
     return pages
 
 
 def on_config(config):
-    """Put the generated API pages into the navigation, under Reference > Python API."""
+    """Put the architecture page and the generated API pages into the navigation, under
+    Reference > Architecture and Reference > Python API."""
     entries = [{modules[0] if len(modules) == 1 else f"medclf.{Path(page).stem}": page}
                for page, modules in api_pages().items()]
     for item in config.nav or []:
         if isinstance(item, dict) and "Reference" in item:
-            item["Reference"].append({"Python API": entries})
+            item["Reference"] += [{"Architecture": ARCHITECTURE}, {"Python API": entries}]
             break
     else:
         raise PluginError("mkdocs.yml: the nav needs a 'Reference' section for the API pages")
@@ -73,7 +88,11 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Expand ``{{ config KEY }}`` placeholders from the schema."""
+    """Expand ``{{ config KEY }}`` placeholders from the schema and ``{{ import-contracts }}``
+    from ``pyproject.toml``."""
+    if CONTRACTS.search(markdown):
+        contracts = docgen.import_contracts_markdown(ROOT / "pyproject.toml")
+        markdown = CONTRACTS.sub(lambda _: contracts, markdown)
     def expand(match):
         try:
             entry = docgen.config_key(match.group(1))

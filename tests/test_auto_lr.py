@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from medclf import sanity
+from medclf.training import lr_range
 from medclf.cli import main
 from medclf.config import validate
 from medclf.models import create_model
@@ -80,7 +80,7 @@ def test_lightning_lr_find_restores_the_weights_itself(tiny_dataset):
     network = create_model(cfg.model, 1, 2)
     before = {k: v.clone() for k, v in network.state_dict().items()}
     images, labels = torch.rand(16, 1, 32, 32), torch.arange(16) % 2
-    suggestion = sanity.lr_range_test(network, images, labels, cfg, None, num_training=20, progress=False)
+    suggestion = lr_range.lr_range_test(network, images, labels, cfg, None, num_training=20, progress=False)
     assert suggestion is None or suggestion > 0
     for key, value in network.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -98,7 +98,7 @@ def test_failed_range_test_falls_back_to_the_plan_and_restores_the_weights(monke
         model.eval()
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(sanity, "lr_range_test", broken)
+    monkeypatch.setattr(auto_lr, "lr_range_test", broken)
     network.train()
     lr, record = auto_lr.choose_lr(cfg, network, torch.rand(8, 1, 32, 32), torch.arange(8) % 2, 2, None,
                                    fallback=2e-3)
@@ -117,7 +117,7 @@ def test_resume_uses_the_stored_number_without_a_new_range_test(auto_run, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("--resume ran the LR range test again")
 
-    monkeypatch.setattr(sanity, "lr_range_test", forbidden)
+    monkeypatch.setattr(auto_lr, "lr_range_test", forbidden)
     result = train(None, resume=run, progress=False)
     assert result.metrics and yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == lr
 

@@ -83,6 +83,23 @@ def test_gradient_norm_warnings(tmp_path, caplog, scale, expected):
     assert len(messages) == 1 and expected in messages[0] and "step 7" in messages[0]
 
 
+def test_gradient_norm_is_the_global_l2_norm_of_every_gradient(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    net[1].bias.requires_grad_(False)  # a parameter without a gradient is left out
+    values = {}
+    for i, p in enumerate(net.parameters()):
+        if p.requires_grad:
+            p.grad = torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) - i
+            values[i] = p.grad.double().flatten().tolist()
+    monitor = GradNormMonitor(tmp_path, DiagnosticsConfig())
+    monitor.on_before_optimizer_step(SimpleNamespace(global_step=3, loggers=[]), net, None)
+    expected = sum(v * v for grads in values.values() for v in grads) ** 0.5  # by hand, in float64
+    (step, norm), = monitor.rows
+    assert step == 3 and norm == pytest.approx(expected, rel=1e-6)
+    clipped = torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1e9)
+    assert norm == float(clipped)  # the norm gradient clipping sees
+
+
 def test_diagnostics_outputs_of_a_run(tiny_run):
     out = tiny_run / "diagnostics"
     stats = pd.read_csv(out / "stats.csv")

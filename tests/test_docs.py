@@ -5,7 +5,6 @@ import argparse
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from typing import Literal, Optional
@@ -13,7 +12,7 @@ from typing import Literal, Optional
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import ROOT
+from conftest import ROOT, needs_chromium
 from medclf import docgen
 from medclf.config import Config
 
@@ -176,11 +175,10 @@ def test_site_builds_strictly_offline(built_site):
         assert not found, f"{html.relative_to(site)} loads {found}"
 
 
+@needs_chromium  # scripts/docs_screenshot.sh runs Debian's chromium
 def test_home_page_renders_in_headless_chromium(built_site, tmp_path):
     site, done = built_site
     assert done.returncode == 0
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        pytest.skip("chromium is not installed (apt-get install -y chromium, as .ci/run does)")
     shot = tmp_path / "home.png"
     subprocess.run(["bash", str(ROOT / "scripts" / "docs_screenshot.sh"), str(site), str(shot),
                     "index.html", "1280x900"], check=True, timeout=120, capture_output=True)

@@ -22,7 +22,14 @@ A block is skipped while it needs something that does not exist yet: a ``medclf`
 subcommand, an option of it, or a ``--set`` key (checked against ``build_parser()`` and the
 configuration schema), or a page-level ``<!-- docs-test: requires FEATURE -->`` whose
 probe in :data:`PROBES` fails. Every later block of the same page is skipped with it
-(it may use its outputs). The skip goes away by itself when the feature lands.
+(it may use its outputs). The skip goes away by itself when the feature lands. Under
+``CI=true`` (``.ci/run``) such a block fails instead (and the page's later blocks are skipped
+after it): documentation naming what does not exist is an error there. Without
+``../shared/data`` the blocks fail under ``CI=true`` too and are skipped otherwise.
+
+:func:`test_every_documented_command_exists` checks, without running anything, the same for
+every command line of README.md and docs/**/*.md: ```bash/sh/shell/console blocks and
+unmarked blocks (the README's synopses, ``[--option VALUE]`` and ``a|b`` read as options).
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, missing, require_data, strict
 
 from medclf import docgen
 from medclf.cli import build_parser
@@ -57,6 +64,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?
                    re.M | re.S)
 DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*([\w-]+)\s*(.*?)\s*-->", re.S)
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")"}
+PLACEHOLDER_KEY = re.compile(r"^(key|\.\.\.|[A-Z][A-Z_.]*)$")  # in synopses: --set key=value, KEY=VALUE, ...
 
 
 # ---------------------------------------------------------------------------- probes
@@ -182,7 +190,7 @@ def missing_features(block: str) -> str | None:
                 if option == "--set":
                     pair = token.split("=", 1)[1] if "=" in token else (tokens[i + 1] if i + 1 < len(tokens) else "")
                     key = pair.split("=", 1)[0]
-                    if key not in config_keys:
+                    if key not in config_keys and not PLACEHOLDER_KEY.match(key):
                         return f"configuration key {key} does not exist yet"
     return None
 
@@ -274,6 +282,54 @@ def run_block(block: str, project: Path, page: Page) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(block, process.returncode, output)
 
 
+def _pending(state: dict):
+    """Skip a block that needs a missing feature; under ``CI=true`` fail it (once per page: the
+    page's later blocks are then skipped as after any failed block)."""
+    if strict():
+        state["failed"] = True
+    missing(state["pending"])
+
+
+# ---------------------------------------------------------------------------- all docs, not run
+SHELL_LANGS = {"bash", "sh", "shell", "console", ""}
+
+
+def documented_command_blocks(path: Path) -> list[tuple[int, str]]:
+    """The shell command blocks of a Markdown page as ``(line, text)``: fenced blocks marked
+    bash/sh/shell/console, and unmarked ones (synopses such as ``medclf train DATA [--out DIR]``).
+
+    In unmarked blocks ``[``, ``]`` and ``|`` (optional parts and alternatives) become spaces, so
+    ``[--tta | --no-tta]`` names two options; a console prompt ``$ `` is removed.
+    """
+    text = path.read_text(encoding="utf-8")
+    blocks = []
+    for m in FENCE.finditer(text):
+        if m["lang"] not in SHELL_LANGS:
+            continue
+        body = textwrap.dedent("\n".join(line[len(m["indent"]):] for line in m["body"].splitlines()))
+        body = re.sub(r"^\$ ", "", body, flags=re.M)
+        if not m["lang"]:
+            body = re.sub(r"[\[\]|]", " ", body)
+        blocks.append((text.count("\n", 0, m.start()) + 1, body))
+    return blocks
+
+
+def documented_problems(paths) -> list[str]:
+    """``"FILE:LINE: reason"`` for every documented command line naming a ``medclf`` subcommand,
+    option or ``--set`` key that does not exist (see :func:`missing_features`), placeholders
+    such as ``--set key=value`` excepted."""
+    problems = []
+    for path in paths:
+        for line, block in documented_command_blocks(path):
+            for tokens in shell_commands(block):
+                if tokens and Path(tokens[0]).name == "medclf":
+                    reason = missing_features(shlex.join(tokens))
+                    if reason:
+                        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                        problems.append(f"{name}:{line}: {reason} ({shlex.join(tokens)})")
+    return problems
+
+
 # ---------------------------------------------------------------------------- tests
 CASES = [(page, i) for page in PAGES for i in range(len(parse_page(page).blocks))]
 _STATE: dict[Path, dict] = {}
@@ -298,10 +354,51 @@ def test_block_analysis_finds_what_does_not_exist():
     assert missing_features("echo medclf nosuchcommand  # medclf nosuchcommand") is None
 
 
+def test_every_documented_command_exists():
+    """README.md and docs/**/*.md name only subcommands, options and --set keys that exist
+    (a failure under CI=true, a skip otherwise: docs may be written before the feature)."""
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    commands = [tokens for page in pages for _, block in documented_command_blocks(page)
+                for tokens in shell_commands(block) if tokens and Path(tokens[0]).name == "medclf"]
+    assert len(commands) >= 30  # the check does look at the documentation
+    problems = documented_problems(pages)
+    if problems:
+        missing("documented commands that do not exist:\n" + "\n".join(problems))
+
+
+def test_documented_command_check_catches_unknown_options_and_keys(tmp_path):
+    """A crafted page naming a non-existent option, --set key and synopsis option is caught, with
+    the line of its block; placeholders and existing ones are not."""
+    assert "--no-such-option" in missing_features("medclf train DATA --no-such-option")
+    assert "train.no_such_key" in missing_features("medclf train DATA --set train.no_such_key=1")
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\n```bash\nmedclf train DATA --no-such-option\n```\n\n"
+                    "```console\n$ medclf train DATA --set train.no_such_key=1 --set train.lr=1e-3\n```\n\n"
+                    "```\nmedclf predict runs/<name> a.png [--csv out.csv] [--tta | --no-such-flag]\n"
+                    "medclf train DATA [--set key=value ...] [--set KEY=VALUE] [--out runs/]\n```\n\n"
+                    "```text\nmedclf train DATA --not-checked-in-text\n```\n", encoding="utf-8")
+    problems = documented_problems([page])
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(f"{page}:3: `medclf train` has no option --no-such-option")
+    assert problems[1].startswith(f"{page}:7: configuration key train.no_such_key does not exist")
+    assert problems[2].startswith(f"{page}:11: `medclf predict` has no option --no-such-flag")
+
+
+def test_a_block_naming_what_does_not_exist_fails_under_ci(monkeypatch):
+    state = {"pending": "page.md block 0 and later: `medclf train` has no option --no-such-option yet"}
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-option"):
+        _pending(dict(state))
+    monkeypatch.setenv("CI", "true")
+    failed = dict(state)
+    with pytest.raises(pytest.fail.Exception, match="no-such-option"):
+        _pending(failed)
+    assert failed["failed"]  # the page's later blocks are skipped after it, not failed again
+
+
 @pytest.mark.parametrize("path, index", CASES, ids=[f"{p.stem}-{i}" for p, i in CASES])
 def test_doc_command_block(path, index, tmp_path_factory):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+    require_data(SHARED_DATA)
     page = parse_page(path)
     state = _STATE.setdefault(path, {})
     if "project" not in state:
@@ -310,15 +407,15 @@ def test_doc_command_block(path, index, tmp_path_factory):
             if not PROBES[feature]():
                 state["pending"] = f"{path.name} requires {feature!r}: {PROBES[feature].__doc__.strip()}"
                 break
-    if state.get("pending"):
-        pytest.skip(state["pending"])
     if state.get("failed"):
         pytest.skip(f"an earlier block of {path.name} failed")
+    if state.get("pending"):
+        _pending(state)
     block = page.blocks[index]
     reason = missing_features(block)
     if reason:
         state["pending"] = f"{path.name} block {index} and later: {reason}"
-        pytest.skip(state["pending"])
+        _pending(state)
     done = run_block(block, state["project"], page)
     if done.returncode != 0:
         state["failed"] = True

@@ -12,7 +12,7 @@ from medclf.cli import main
 from medclf.commands.inspect import inspect_dataset
 from medclf.inspect.duplicates import near_duplicate_pairs, thumbnail
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_data
 
 
 def xray_like(rng, size=64):
@@ -85,7 +85,7 @@ def test_distinct_lookalike_images_give_no_pair():
     assert near_duplicate_pairs(thumbs) == []
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "medmnist/pneumoniamnist_reduced.npz").exists(), reason="real data missing")
+@needs_data(SHARED_DATA / "medmnist/pneumoniamnist_reduced.npz")
 def test_real_xrays_reencoded_copies_found_without_false_pairs():
     data = np.load(SHARED_DATA / "medmnist/pneumoniamnist_reduced.npz")
     images = data["test_images"][:400]

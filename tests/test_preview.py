@@ -1,7 +1,6 @@
 """`medclf preview`: the PNG of the real covid19-xray data, a generated 3D volume, run reports."""
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from medclf.cli import main
@@ -9,7 +8,7 @@ from medclf.config import user_settings, validate
 from medclf.commands.preview import preview
 from medclf.preview import Sample, display_array, render_preview
 
-from conftest import COVID, make_dataset
+from conftest import COVID, make_dataset, needs_data
 
 def resolve(config_file=None, overrides=None):
     """The user's settings validated without a dataset plan (defaults for the rest)."""
@@ -54,7 +53,7 @@ def pixels_of(png, result, section, row, col):
     return panel_pixels(png, panel)
 
 
-@pytest.mark.skipif(not COVID.is_dir(), reason=f"real data not found at {COVID}")
+@needs_data(COVID)
 def test_preview_of_covid19_xray(tmp_path, capsys):
     out = tmp_path / "small.png"
     assert main(["preview", str(COVID), "--n", "3", "--augment", "1", "--out", str(out)]) == 0

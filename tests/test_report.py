@@ -8,7 +8,8 @@ from medclf.cli import main
 from medclf.report import register_section, render, write_report
 from medclf.report.html import SECTIONS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from conftest import needs_chromium, needs_graphviz, require_chromium
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -18,7 +19,7 @@ def render_in_chromium(html_path, screenshot, profile):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            str(profile), executable_path=require_chromium(), headless=True, args=FLAGS,
             viewport={"width": 1280, "height": 900})
         try:
             page = context.new_page()
@@ -34,6 +35,8 @@ def render_in_chromium(html_path, screenshot, profile):
     return images, headings, requests
 
 
+@needs_chromium
+@needs_graphviz  # the "model graph" image
 def test_report_renders_in_chromium_with_every_image(tiny_run, tmp_path):
     report = tiny_run / "report.html"
     assert report.is_file()  # written at the end of train

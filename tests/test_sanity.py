@@ -9,16 +9,14 @@ from medclf.config import validate
 from medclf.models import create_model
 from medclf.commands.sanity import sanity
 
-from conftest import COVID
+from conftest import COVID, require_data
 
 SMALL = ["data.image_size=[64,64]"]
 
 
 @pytest.fixture
 def covid():
-    if not COVID.is_dir():
-        pytest.skip(f"real data not found at {COVID}")
-    return COVID
+    return require_data(COVID)
 
 
 def test_sanity_passes_on_covid_with_defaults(covid, tmp_path):

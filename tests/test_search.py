@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from medclf.cli import main
+from medclf.commands import tune as tune_command_module
 from medclf.search.pruning import OptunaPruning
+from medclf.search.study import HOST, open_storage, recover_dead_trials
 
 from conftest import ROOT
 
@@ -176,4 +178,78 @@ def test_pruning_callback_stops_a_hopeless_trial():
     hopeless = trainer(0.25, 1)
     callback.on_validation_end(hopeless, None)
     assert hopeless.should_stop and callback.pruned
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {0: 0.2, 1: 0.25}
+    assert study.trials[trial.number].intermediate_values == {0: 0.2, 1: 0.25}
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # exited and reaped: no such process any more
+    return process.pid
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_dead_worker_trial_is_failed_and_retried_once(tmp_path):
+    """A RUNNING trial of a dead process on this host is failed and enqueued again once; a retry
+    that dies too is failed but not retried; a trial of a live process is left alone. A
+    one-point grid: telling its trial outside study.optimize must not reach GridSampler's
+    study.stop() (which raises there)."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.GridSampler({"x": [1.0]}))
+
+    def start(pid):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 2.0)
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("pid", pid)
+        trial.set_user_attr("run_dir", "trials/trial-000")
+        return trial
+
+    alive = start(os.getppid())  # a live process that is not this one
+    dead = start(_dead_pid())
+    assert recover_dead_trials(study, storage) == [dead.number]
+    trials = study.trials
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.WAITING
+    assert retries[0].params == {"x": 1.0}
+    assert not {"host", "pid", "run_dir"} & set(retries[0].user_attrs)  # not the dead process's
+    assert recover_dead_trials(study, storage) == [] and len(study.trials) == len(trials)  # once
+
+    retry = study.ask()  # the WAITING retry is run next ...
+    assert retry.number == retries[0].number
+    retry.set_user_attr("host", HOST)
+    retry.set_user_attr("pid", _dead_pid())  # ... and dies too
+    assert recover_dead_trials(study, storage) == [retry.number]
+    assert study.trials[retry.number].state == optuna.trial.TrialState.FAIL
+    assert len(study.trials) == len(trials)  # a retry is not retried again
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_interrupted_trial_is_failed_noted_and_retried(tiny_dataset, tmp_path, monkeypatch, interrupt):
+    """Ctrl-C during a trial (KeyboardInterrupt, or Lightning's SystemExit after it): the trial
+    is FAIL with ``interrupted`` and enqueued again; the next run trains the retry."""
+    space = {"train.lr": [1.0e-3]}
+    kwargs = dict(sampler="grid", out=tmp_path / "searches", name="stop", evaluate_best=False,
+                  overrides=[o for o in BASE if o != "--set"] + ["train.max_epochs=1"])
+
+    def interrupted(*args, **kwargs):
+        raise interrupt()
+
+    monkeypatch.setattr(tune_command_module, "train", interrupted)
+    with pytest.raises(interrupt):
+        tune_command_module.tune(tiny_dataset, space, **kwargs)
+    search = tmp_path / "searches" / "stop"
+    first, retry = _study(search).trials
+    assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["interrupted"] is True
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
+    assert "interrupted" not in retry.user_attrs and retry.params == first.params
+
+    monkeypatch.undo()
+    result = tune_command_module.tune(tiny_dataset, space, **kwargs)
+    assert result.complete
+    trials = _study(search).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    notes = dict(zip(result.table.trial, result.table.note.fillna("")))
+    assert notes[0] == "interrupted" and notes[1] == "retry of trial 0"

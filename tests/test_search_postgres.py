@@ -1,5 +1,4 @@
 """Two medclf tune workers share one study on a real PostgreSQL server started by the test."""
-import glob
 import json
 import os
 import pwd
@@ -14,15 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import require_postgres
 from test_search import BASE, _env
-
-
-def _pg_bin() -> Path | None:
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if Path(folder, "initdb").exists() and Path(folder, "pg_ctl").exists():
-            return Path(folder)
-    found = shutil.which("initdb")
-    return Path(found).parent if found and shutil.which("pg_ctl") else None
 
 
 def _free_port() -> int:
@@ -35,17 +27,13 @@ def _free_port() -> int:
 def postgres_url():
     """A throw-away PostgreSQL server (Debian's postgresql package) on a Unix socket in a temp dir.
 
-    initdb refuses to run as root, so as root the server runs as the ``postgres`` user.
+    initdb refuses to run as root, so as root the server runs as the ``postgres`` user. Without the
+    server programs (or that user) the test fails under ``CI=true`` and is skipped otherwise.
     """
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install -y postgresql")
+    bindir = require_postgres()
     as_root = os.geteuid() == 0
     if as_root:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        user = pwd.getpwnam("postgres")  # require_postgres() checked that it exists
     root = Path(tempfile.mkdtemp(prefix="medclf-pg-"))  # short path: Unix socket names are limited
     if as_root:
         os.chown(root, user.pw_uid, user.pw_gid)

@@ -16,15 +16,13 @@ import pytest
 
 import medclf
 
-from conftest import COVID
+from conftest import COVID, needs_chromium, needs_data, require_chromium
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+pytestmark = [needs_chromium, needs_data(COVID)]  # fail under CI=true when missing, skip otherwise
 
 
 def free_port() -> int:
@@ -36,8 +34,6 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``medclf serve`` in a subprocess on a free loopback port, over one covid run."""
-    if not COVID.is_dir():
-        pytest.skip(f"real data not found at {COVID}")
     root = tmp_path_factory.mktemp("browser")
     data = root / "covid"
     for split, n in (("train", 6), ("test", 2)):
@@ -73,8 +69,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with sync_api.sync_playwright() as playwright:  # Debian's Chromium, never `playwright install`
+        chromium = playwright.chromium.launch(executable_path=require_chromium(), headless=True, args=FLAGS)
         yield chromium
         chromium.close()
 

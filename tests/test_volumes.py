@@ -18,7 +18,7 @@ from medclf.data.preprocess import preprocess_all
 from medclf.errors import BadFilesError, DataError
 from medclf.plan import fingerprint, plan_config
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_data
 
 ADRENAL = SHARED_DATA / "medmnist" / "adrenalmnist3d_64.npz"
 
@@ -184,7 +184,7 @@ def test_train_3d_from_npz_end_to_end(tmp_path):
     assert (frame.tta_views == 8).all()
 
 
-@pytest.mark.skipif(not ADRENAL.is_file(), reason=f"real data not found at {ADRENAL}")
+@needs_data(ADRENAL)
 def test_folder_of_nifti_volumes_from_adrenalmnist3d(tmp_path):
     """Part of AdrenalMNIST3D exported to class folders of .nii.gz trains like PNG folders."""
     with np.load(ADRENAL) as data:

@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train and evaluate a classifier on a dataset folder")
-    p.add_argument("data", nargs="?", help="class-per-folder tree, with or without train/val/test "
-                   "folders (default: data.source of --config, e.g. a run's config.yaml)")
+    p = sub.add_parser("train", help="train and evaluate a classifier on a dataset")
+    p.add_argument("data", nargs="?", help="dataset: class-per-folder tree (with or without train/val/test "
+                   "folders), CSV manifest, MedMNIST .npz or medmnist:NAME (default: data.source of --config, "
+                   "e.g. a run's config.yaml)")
     _common(p)
     p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
     p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
@@ -38,23 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--data", help="evaluate on this folder instead of the run's test split")
+    p.add_argument("--data", help="evaluate on this dataset (class folders, CSV, .npz) instead of the run's test split")
 
     p = sub.add_parser("inspect", help="dataset fingerprint, duplicates and leakage between splits, unreadable files")
-    p.add_argument("data", help="class-per-folder tree (split as `train` would split it)")
+    p.add_argument("data", help="dataset: class-per-folder tree, CSV manifest, MedMNIST .npz or medmnist:NAME (split as `train` would split it)")
     _common(p)
     p.add_argument("--out", metavar="FILE.json", help="also save the inspection as JSON")
 
     p = sub.add_parser("predict", help="predict image files with a run's model")
     p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, DICOM files or series folders, NIfTI volumes, "
+                   "or file.npz#split/index items")
     p.add_argument("--csv", help="also write the predictions to this CSV file")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: average over flipped and shifted copies "
                         "(default: the run's eval.tta)")
 
     p = sub.add_parser("preview", help="draw what preprocessing, augmentation and normalisation do to the images")
-    p.add_argument("data", help="class-per-folder tree, with or without train/val/test folders")
+    p.add_argument("data", help="dataset: class-per-folder tree, CSV manifest, MedMNIST .npz or medmnist:NAME")
     _common(p)
     p.add_argument("--n", type=int, default=16, help="images in the per-class grid (default: 16)")
     p.add_argument("--augment", type=int, default=5, metavar="K", help="random augmentations per image (default: 5)")
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
     p = sub.add_parser("explain", help="heatmaps of where the model looks (Grad-CAM), per image")
     p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", help="image files (2D) or NIfTI volumes (3D)")
+    p.add_argument("images", nargs="+", help="image files, DICOM files or series folders, NIfTI volumes, "
+                   "or file.npz#split/index items")
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="class to explain (default: the predicted class)")
     p.add_argument("--out", help="output folder (default: RUN/explanations)")
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna): resumable, prunable, distributed")
-    p.add_argument("data", help="dataset folder, as for train")
+    p.add_argument("data", help="dataset: class-per-folder tree, CSV manifest, MedMNIST .npz or medmnist:NAME, as for train")
     p.add_argument("--space", required=True, metavar="SPACE.yaml",
                    help="search space: config keys with choices or ranges (see medclf.search.space)")
     p.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe", help="default: tpe")
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sanity", help="checks before a full training: forward, initial loss, gradients, "
                                       "activations, overfit a small subset, LR range test")
-    p.add_argument("data", help="dataset folder, as for train")
+    p.add_argument("data", help="dataset: class-per-folder tree, CSV manifest, MedMNIST .npz or medmnist:NAME, as for train")
     _common(p)
     p.add_argument("--out", default="runs", help="folder receiving <data>-sanity-<time>/ (default: runs/)")
     p.add_argument("--per-class", type=int, default=8, help="training images per class in the subset (default 8)")

@@ -8,6 +8,8 @@
   option with its help.
 * :func:`missing_config_descriptions` and :func:`missing_cli_help` list what has no
   description; the test suite fails when either is not empty.
+* :func:`import_contracts_markdown` renders the import-linter contracts of ``pyproject.toml``
+  (the package's layers) for the architecture page.
 
 The documentation site (``mkdocs.yml``, hook ``scripts/mkdocs_hooks.py``) calls these at
 build time; nothing generated is stored in the repository.
@@ -17,9 +19,11 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import pkgutil
 import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
@@ -29,7 +33,7 @@ from pydantic_core import PydanticUndefined
 
 __all__ = ["ConfigKey", "CliCommand", "config_keys", "config_key", "config_reference",
            "config_key_markdown", "config_anchor", "subcommand_names", "missing_config_descriptions", "cli_commands",
-           "cli_reference", "missing_cli_help"]
+           "cli_reference", "missing_cli_help", "import_contracts", "import_contracts_markdown"]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -418,3 +422,72 @@ def cli_reference() -> str:
         if command.parser.epilog:
             out += [command.parser.epilog, ""]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- architecture
+def import_contracts(pyproject: str | Path) -> list[dict]:
+    """The ``[[tool.importlinter.contracts]]`` tables of a ``pyproject.toml``, as written.
+
+    Raises:
+        FileNotFoundError: ``pyproject`` does not exist.
+        ValueError: the file has no import-linter contracts (its path is named).
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli, a dependency of import-linter there
+        import tomli as tomllib
+    with open(pyproject, "rb") as handle:
+        contracts = tomllib.load(handle).get("tool", {}).get("importlinter", {}).get("contracts", [])
+    if not contracts:
+        raise ValueError(f"{pyproject}: no [[tool.importlinter.contracts]] tables")
+    return contracts
+
+
+def _modules_of_layer(layer: str) -> list[str]:
+    """``"a | b"`` (independent siblings) or ``"a : b"`` (siblings that may import each other)."""
+    return [m.strip() for m in re.split(r"[|:]", layer) if m.strip()]
+
+
+def _top_level_modules() -> list[str]:
+    import medclf
+    return sorted(f"medclf.{m.name}" for m in pkgutil.iter_modules(medclf.__path__) if not m.name.startswith("_"))
+
+
+def import_contracts_markdown(pyproject: str | Path) -> str:
+    """The import-linter contracts as Markdown: one table per ``layers`` contract (top layer
+    first), one list per ``forbidden`` contract, and the top-level modules of ``medclf`` that
+    no ``layers`` contract places (import-linter checks nothing for them).
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`import_contracts`.
+    """
+    contracts = import_contracts(pyproject)
+    out: list[str] = []
+    placed: set[str] = set()
+    for contract in contracts:
+        kind = contract.get("type", "")
+        out += [f"**{html.escape(contract.get('name', contract.get('id', '')), quote=False)}** "
+                f"(contract `{contract.get('id', '')}`, type `{kind}`)", ""]
+        if kind == "layers":
+            siblings = any("|" in layer for layer in contract["layers"])
+            out += ["| Layer | Modules |", "|---|---|"]
+            for number, layer in enumerate(contract["layers"], 1):
+                modules = _modules_of_layer(layer)
+                placed.update(modules)
+                joiner = " \| " if "|" in layer else ", "
+                out.append(f"| {number} | {joiner.join(f'`{m}`' for m in modules)} |")
+            out += ["", "A module imports only from layers with a higher number than its own"
+                    + (" (modules separated by `|` share a layer and do not import each other)." if siblings
+                       else "."), ""]
+        elif kind == "forbidden":
+            sources = ", ".join(f"`{m}`" for m in contract.get("source_modules", []))
+            forbidden = ", ".join(f"`{m}`" for m in contract.get("forbidden_modules", []))
+            out += [f"{sources} imports none of: {forbidden}.", ""]
+        else:
+            out += ["```toml", *(f"{k} = {json.dumps(v)}" for k, v in contract.items()), "```", ""]
+    unplaced = [m for m in _top_level_modules() if m not in placed]
+    if unplaced:
+        out += ["Not in any layer yet (no contract checks their imports): "
+                + ", ".join(f"`{m}`" for m in unplaced) + ".", ""]
+    return "\n".join(out)
+

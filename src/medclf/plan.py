@@ -16,12 +16,10 @@ from pathlib import Path
 
 from . import rundir
 from .config import Config, deep_merge, user_settings, validate
-from .data.sources import discover_source
-from .errors import ConfigError
-from .io import write_json
 from .data.formats import probe
-from .data.sources import Manifest
-from .errors import UnreadableImage
+from .data.sources import Manifest, discover_source
+from .errors import ConfigError, UnreadableImage
+from .io import write_json
 
 
 @dataclass
@@ -135,154 +133,380 @@ def _extension(path: str) -> str:
 
 
 def plan_config(fp: dict) -> dict:
-    """The default configuration for a dataset fingerprint.
+    """The default configuration tree for a dataset fingerprint: ``Planner(fp).plan().to_dict()``.
 
-    2D: images are never upsampled: small images (e.g. 28x28 MedMNIST) keep their size, get
-    a stem without downsampling, a narrow network (16-32-64 channels: at full resolution
-    the convolutions cost 4x less than 32-64-128), 16 epochs, batched augmentation
-    (per-image transforms would cost more than the network) and no left-right flip (a
-    flipped thumbnail radiograph shows an anatomy that does not occur; measured on
-    PneumoniaMNIST, seed 0: test ROC AUC 0.969 without flips vs 0.952 with) and an
-    exponential moving average of the weights over 2 epochs (``train.ema_epochs``: on
-    PneumoniaMNIST, seeds 0-2, test ROC AUC 0.970 +- 0.005 with it; without it the
-    validation AUC saturates near 0.996 while the test AUC swings from epoch to epoch, so
-    the chosen epoch is a matter of luck: seed 0 gave 0.912); large images
-    are resized to 224x224. Imbalanced training splits, 2D or 3D, get class-balanced
-    batches (:func:`_plan_sampler`).
+    Args:
+        fp: a fingerprint as :func:`fingerprint` returns it (or as ``plan.json`` stores it).
 
-    3D: see :func:`_plan_3d`.
+    Returns:
+        the complete configuration tree (plain Python types) that the user's YAML and
+        ``--set`` overrides go on top of; see :class:`Planner` for each decision.
+
+    Raises:
+        KeyError: ``fp`` lacks ``median_size`` or ``counts``.
     """
-    plan = Config().to_dict()
-    _plan_sampler(plan, fp)
-    if fp.get("spatial_dims", 2) == 3:
-        return _plan_3d(plan, fp)
-    smallest_side = min(fp["median_size"]) if min(fp["median_size"]) > 0 else 224
-    side = min(224, smallest_side)
-    plan["data"]["image_size"] = [side, side]
-    if side < 96:  # small inputs: no strided stem, fewer stages, batched augmentation
-        plan["model"]["stem_stride"] = 1
-        plan["model"]["stem_kernel_size"] = 3
-        plan["model"]["filters"] = [16, 32, 64]
-        plan["augment"]["batched"] = True
-        plan["augment"]["flip_prob"] = 0.0
-        plan["train"]["max_epochs"] = 16
-        plan["train"]["early_stopping"]["patience"] = 8
-        plan["train"]["ema_epochs"] = 2.0  # steadier across seeds: see the docstring
-    n_train = sum(fp["counts"].get("train", {}).values())
-    plan["train"]["batch_size"] = int(max(8, min(64, n_train // 8 or 8)))
-    return plan
+    return Planner(fp).plan().to_dict()
 
 
-IMBALANCE_RATIO = 2.0
-STRONG_IMBALANCE_RATIO = 4.0  # the minority under 20 %: "moderate" imbalance in Google's ML Crash Course terms
+class Planner:
+    """Turns a dataset fingerprint into a typed default :class:`~medclf.config.Config`.
 
+    Modelled on nnU-Net's ``ExperimentPlanner`` (Isensee et al. 2021, *nnU-Net: a
+    self-configuring method for deep learning-based biomedical image segmentation*): the
+    thresholds are class attributes and every decision is one ``determine_*`` method that
+    sets its fields on the configuration being planned, so a subclass can change one
+    constant or one decision and keep the rest. :meth:`plan` runs them in order; a later
+    decision may read what an earlier one set (the small-image settings read the planned
+    ``data.image_size``, the 3D network the planned grid).
 
-def _plan_sampler(plan: dict, fp: dict) -> dict:
-    """Class-balanced batches (``train.sampler: balanced``) when the largest training class
-    has at least ``IMBALANCE_RATIO`` times the images of the smallest; else a plain shuffle
-    with class weights in the loss.
+    The choices were made for a 2-core CPU. The figures measured for them (and the
+    scripts in ``bench/`` that repeat the measurements) are on the documentation's
+    Benchmarks page (``docs/benchmarks.md``), not here.
 
-    Measured on PneumoniaMNIST (training split 1:9 normal:pneumonia; ``bench/pneumonia.py``,
-    seeds 0-2, test ROC AUC): 0.970 +- 0.005 with class weights in the loss, 0.983 +- 0.001
-    with balanced batches. Up-weighting ~400 normal images by 5x lets them dominate the gradient and the
-    network fits them; drawing them more often, each time differently augmented, does not.
-    In 3D too: on AdrenalMNIST3D (3.6:1, ``bench/adrenal3d.py``, seeds 0-2, the 3D plan)
-    balanced batches gave test ROC AUC 0.903 +- 0.001 and balanced accuracy 0.807, against
-    0.900 +- 0.003 and 0.747 with class weights (whose threshold-0.5 predictions also
-    collapsed to nearly all positive for one seed: accuracy 0.456).
+    Args:
+        fp: a fingerprint as :func:`fingerprint` returns it. Read keys: ``spatial_dims``
+            (default 2), ``median_size`` (``[H, W]`` pixels or ``[D, H, W]`` voxels; zeros
+            mean unknown), ``counts`` (``{split: {class: n}}``), ``binary``, ``readers`` and
+            ``dtypes``.
 
-    Output prior (``train.output_prior``): under mild imbalance (largest class under
-    ``STRONG_IMBALANCE_RATIO`` = 4 times the smallest, a minority of 20 % or more) the
-    training split likely shows the prevalence the model will meet, so the logits are
-    shifted back to its class frequencies after balanced training ('training'): calibrated
-    probabilities whose arg-max maximises accuracy. Stronger imbalance usually comes from
-    how a set was collected or reduced (PneumoniaMNIST's copy: 1:9 in training, 3:5 in
-    test), so the outputs stay prevalence-free ('balanced'). Measured on AdrenalMNIST3D
-    (3.6:1; 1-thread harness, seeds 2 and 4, flip TTA): balanced batches then the shift
-    gave test ROC AUC 0.919 / 0.917 and accuracy 0.876 / 0.869; no reweighting at all
-    0.914 / 0.914 and 0.862 / 0.869; balanced batches without the shift 0.785 / 0.789
-    accuracy.
+    Example:
+        >>> class Coarser(Planner):
+        ...     MAX_SIDE_2D = 128
+        >>> Coarser({"median_size": [512, 512], "counts": {"train": {"a": 50, "b": 50}}}).plan().data.image_size
+        [128, 128]
     """
-    sizes = [n for n in fp.get("counts", {}).get("train", {}).values() if n > 0]
-    if len(sizes) >= 2 and max(sizes) >= IMBALANCE_RATIO * min(sizes):
-        plan["train"]["sampler"] = "balanced"
-    if len(sizes) >= 2 and max(sizes) < STRONG_IMBALANCE_RATIO * min(sizes):
-        plan["train"]["output_prior"] = "training"
-    return plan
 
+    MAX_SIDE_2D = 224
+    """2D: images are resized to at most this many pixels a side (never upsampled)."""
+    SMALL_IMAGE_SIDE = 96
+    """2D: images with a planned side below this get the small-image network, augmentation and training."""
+    SMALL_FILTERS = (16, 32, 64)
+    """2D small images: channels of the three stages of ``small_cnn``."""
+    SMALL_STEM_KERNEL = 3
+    """2D small images: kernel of the stem convolution (stride 1)."""
+    SMALL_MAX_EPOCHS = 16
+    """2D small images: ``train.max_epochs``."""
+    SMALL_PATIENCE = 8
+    """2D small images: ``train.early_stopping.patience``, epochs."""
+    EMA_EPOCHS = 2.0
+    """Small 2D images and volumes: ``train.ema_epochs``, the span of the weight average, epochs."""
+    STEPS_PER_EPOCH = 8
+    """The batch size is the training-split size over this (about this many steps an epoch), within bounds."""
+    MIN_BATCH_2D = 8
+    """2D: smallest planned ``train.batch_size``."""
+    MAX_BATCH_2D = 64
+    """2D: largest planned ``train.batch_size``."""
+    MIN_BATCH_3D = 4
+    """Volumes: smallest planned ``train.batch_size``."""
+    MAX_BATCH_3D = 32
+    """Volumes: largest planned ``train.batch_size`` (a batch of volumes costs far more memory and time)."""
+    IMBALANCE_RATIO = 2.0
+    """Largest over smallest training class at or above which batches are class-balanced."""
+    STRONG_IMBALANCE_RATIO = 4.0
+    """Largest over smallest training class below which the outputs are shifted to the training prior.
 
-def _all_uint8_arrays(fp: dict) -> bool:
-    """True for npz datasets stored as uint8 (MedMNIST): their full scale is meaningful."""
-    return set(fp.get("readers", {})) == {"npz"} and set(fp.get("dtypes", {})) == {"uint8"}
-
-
-def _plan_3d(plan: dict, fp: dict) -> dict:
-    """Defaults for volumes ``(C, D, H, W)``, designed for a 2-core CPU.
-
-    * Grid: intensity volumes are shrunk (averaged, ``area``) so that the longest side is at
-      most 32 voxels: a 64^3 volume has 8x fewer voxels at 32^3, and 3D convolution cost
-      grows with the voxel count. Binary volumes (segmentation masks, ``fp["binary"]``) keep
-      up to 64 voxels a side for the projection branch (below) and are shrunk by
-      max-pooling (``preprocess.shrink='max'``), which keeps thin structures one voxel wide
-      that averaging fades to grey.
-    * Network: ``small_cnn`` as a plain VGG-style CNN: four conv-BN-ReLU blocks of stride 1
-      (8, 16, 32, 64 channels, kernel 3), each followed by a 2x max-pool, global average
-      pooling, linear (73 K parameters): the plain 3D CNN of the tutorials, which a strided
-      stem and strided stages (averaging, not max) do not match on masks.
-      Peak learning rate 1e-3.
-    * Masks add a projection branch (``model.projection_branch``,
-      :class:`~medclf.models.projection.VolumeAndProjections`): a 2D network of the same
-      style (16-128 channels) on the mean and maximum projections along each axis, at up to
-      64 x 64, averaged (logits) with the 3D network, which sees the mask max-pooled once
-      more (``model.volume_pool=1``) to at most 32^3.
-    * Augmentation: flips along every axis and 90-degree rotations in the last two axes
-      (cheap, exact, no interpolation), batched; the random affine is off (costly in 3D on
-      a CPU).
-    * An exponential moving average of the weights over 2 epochs (``train.ema_epochs``): the
-      validation split is small (98 volumes in AdrenalMNIST3D) and its ROC AUC noisy, and
-      without the average the best checkpoint was sometimes an early, badly calibrated one
-      (seed 1: epoch 7 of 20, balanced accuracy 0.54 at threshold 0.5).
-    * Imbalanced training splits get class-balanced batches, as in 2D (:func:`_plan_sampler`).
-    * Test-time augmentation (``eval.tta``): predictions average the 8 flips of a volume
-      (the flips of training; no shifts), which costs 8 forward passes at prediction time
-      only.
-
-    Measured on AdrenalMNIST3D 64^3 (``bench/adrenal3d.py``, seeds 0-2, test ROC AUC /
-    accuracy / balanced accuracy, mean): this plan 0.927 / 0.875 / 0.787, at most 446 s a
-    run on 2 cores; without the projection branch (3D CNN on 32^3 only) 0.912 / 0.864 /
-    0.749; without it, TTA and the output shift 0.903 / 0.792 / 0.807. In a one-thread
-    harness (seeds 2 and 4, 8-flip TTA) the 3D CNN alone gave 0.919 / 0.917, the projection
-    network alone 0.919 / 0.916, and the fused pair 0.928 / 0.918; the logits of the two
-    networks correlate 0.84-0.95 across test volumes, those of two 3D CNNs from different
-    seeds 0.96-0.99 (whose average gains nothing). Earlier measurements: the previous plan
-    (area shrinking, strided 16-32-64 network, class weights, no average) 0.874 / 0.809.
-    Variants of the 3D CNN alone: class weights instead of balanced batches 0.900 / 0.669 /
-    0.747; neither 0.896 / 0.858 / 0.759; balanced batches without the average 0.896 /
-    0.815 / 0.725. In a one-thread harness (seed 0) the same
-    network gave 0.911 on max-pooled input against 0.891 on area-averaged input, and the
-    strided network 0.886 / 0.895: only the pair of max-pooled input and max-pooling
-    network gains.
+    Under 4 means a minority of 20 % or more: "moderate" imbalance in Google's ML Crash Course terms.
     """
-    plan["model"]["spatial_dims"] = 3
-    binary = bool(fp.get("binary"))
-    grid = 64 if binary else 32  # masks: the projections see up to 64 voxels a side, the 3D network 32
-    median = [s for s in fp["median_size"] if s > 0] or [grid] * 3
-    scale = min(1.0, grid / max(median))
-    plan["data"]["image_size"] = [max(4, int(round(s * scale))) for s in fp["median_size"]] \
-        if len(fp["median_size"]) == 3 and min(fp["median_size"]) > 0 else [grid] * 3
-    if _all_uint8_arrays(fp):
-        plan["preprocess"]["normalization"] = "scale255"
-    if binary:
-        plan["preprocess"]["shrink"] = "max"
-        plan["model"].update({"projection_branch": True,
-                              "volume_pool": int(max(plan["data"]["image_size"]) > 32)})
-    plan["model"].update({"filters": [8, 16, 32, 64], "blocks_per_stage": 1, "stem_kernel_size": 3,
-                          "stem_stride": 1, "stem_pool": False, "downsample": "maxpool", "dropout": 0.2})
-    plan["augment"].update({"batched": True, "prob": 0.0, "flip_prob": 0.5, "vertical_flip_prob": 0.5,
-                            "depth_flip_prob": 0.5, "rot90_prob": 0.5, "noise_std": 0.0})
-    n_train = sum(fp["counts"].get("train", {}).values())
-    plan["train"].update({"batch_size": int(max(4, min(32, n_train // 8 or 4))), "max_epochs": 20,
-                          "lr": 1e-3, "ema_epochs": 2.0})  # EMA: steadier best checkpoint, see the docstring
-    plan["train"]["early_stopping"]["patience"] = 10
-    plan["eval"].update({"tta": True, "tta_shift": 0.0})  # the 8 flips of a volume: cheap, exact
-    return plan
+    GRID_3D = 32
+    """Intensity volumes: longest side of the planned grid, voxels."""
+    GRID_3D_MASKS = 64
+    """Binary volumes (masks): longest side of the planned grid, voxels (the 3D network sees it pooled once more)."""
+    MIN_SIDE_3D = 4
+    """Volumes: smallest planned side, voxels."""
+    FILTERS_3D = (8, 16, 32, 64)
+    """Volumes: channels of the four stages of the VGG-style ``small_cnn``."""
+    DROPOUT_3D = 0.2
+    """Volumes: ``model.dropout`` before the classifier."""
+    FLIP_PROB_3D = 0.5
+    """Volumes: probability of a flip along each axis."""
+    ROT90_PROB_3D = 0.5
+    """Volumes: probability of a 90-degree rotation in the last two axes."""
+    MAX_EPOCHS_3D = 20
+    """Volumes: ``train.max_epochs``."""
+    PATIENCE_3D = 10
+    """Volumes: ``train.early_stopping.patience``, epochs."""
+    LR_3D = 1e-3
+    """Volumes: peak learning rate ``train.lr``."""
+
+    def __init__(self, fp: dict) -> None:
+        self.fp = fp
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes (``fp["spatial_dims"]``, default 2)."""
+        return self.fp.get("spatial_dims", 2)
+
+    def plan(self) -> Config:
+        """Run every ``determine_*`` decision on a fresh default :class:`~medclf.config.Config`.
+
+        Returns:
+            the planned configuration (validated on every assignment).
+
+        Raises:
+            KeyError: the fingerprint lacks ``median_size`` or ``counts``.
+            pydantic.ValidationError: a decision (e.g. of a subclass) set an invalid value.
+        """
+        cfg = Config()
+        self.determine_sampler(cfg)
+        self.determine_output_prior(cfg)
+        if self.spatial_dims == 3:
+            self.determine_3d_grid(cfg)
+            self.determine_normalization(cfg)
+            self.determine_3d_network(cfg)
+            self.determine_3d_augmentation(cfg)
+            self.determine_batch_size(cfg)
+            self.determine_3d_training(cfg)
+            self.determine_tta(cfg)
+            return cfg
+        self.determine_image_size(cfg)
+        self.determine_normalization(cfg)
+        self.determine_small_image_network(cfg)
+        self.determine_small_image_augmentation(cfg)
+        self.determine_small_image_training(cfg)
+        self.determine_batch_size(cfg)
+        self.determine_tta(cfg)
+        return cfg
+
+    # --- both 2D and 3D ------------------------------------------------------------------
+    def _train_class_sizes(self) -> list:
+        """Image counts of the non-empty training classes."""
+        return [n for n in self.fp.get("counts", {}).get("train", {}).values() if n > 0]
+
+    def _n_train(self) -> int:
+        return sum(self.fp["counts"].get("train", {}).values())
+
+    def determine_sampler(self, cfg: Config) -> None:
+        """``train.sampler``: 'balanced' when the largest training class has at least
+        :attr:`IMBALANCE_RATIO` times the images of the smallest (non-empty) one; else the
+        default plain shuffle, with 'auto' class weights in the loss.
+
+        Why: up-weighting a few hundred minority images in the loss lets them dominate the
+        gradient and the network fits them; drawing them more often, each time augmented
+        differently, does not. Class weights also left the threshold-0.5 predictions of a
+        3D run nearly all positive. Applies to 2D and 3D alike.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        sizes = self._train_class_sizes()
+        if len(sizes) >= 2 and max(sizes) >= self.IMBALANCE_RATIO * min(sizes):
+            cfg.train.sampler = "balanced"
+
+    def determine_output_prior(self, cfg: Config) -> None:
+        """``train.output_prior``: 'training' under mild imbalance (largest training class
+        under :attr:`STRONG_IMBALANCE_RATIO` times the smallest), else the default 'balanced'.
+
+        Why: under mild imbalance the training split likely shows the prevalence the model
+        will meet, so the logits are shifted back to its class frequencies after (balanced)
+        training: calibrated probabilities whose arg-max maximises accuracy. Stronger
+        imbalance usually comes from how a set was collected or reduced (PneumoniaMNIST's
+        copy is far more imbalanced in training than in test), so the outputs stay
+        prevalence-free. Balanced batches without the shift cost accuracy at the training
+        prevalence.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        sizes = self._train_class_sizes()
+        if len(sizes) >= 2 and max(sizes) < self.STRONG_IMBALANCE_RATIO * min(sizes):
+            cfg.train.output_prior = "training"
+
+    def determine_batch_size(self, cfg: Config) -> None:
+        """``train.batch_size``: the training-split size over :attr:`STEPS_PER_EPOCH`, within
+        :attr:`MIN_BATCH_2D`-:attr:`MAX_BATCH_2D` (images) or
+        :attr:`MIN_BATCH_3D`-:attr:`MAX_BATCH_3D` (volumes, whose batches cost far more
+        memory and time), so that even a small split gives several steps an epoch.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        low, high = (self.MIN_BATCH_3D, self.MAX_BATCH_3D) if self.spatial_dims == 3 \
+            else (self.MIN_BATCH_2D, self.MAX_BATCH_2D)
+        cfg.train.batch_size = int(max(low, min(high, self._n_train() // self.STEPS_PER_EPOCH or low)))
+
+    def _all_uint8_arrays(self) -> bool:
+        """True for npz datasets stored as uint8 (MedMNIST): their full scale is meaningful."""
+        return set(self.fp.get("readers", {})) == {"npz"} and set(self.fp.get("dtypes", {})) == {"uint8"}
+
+    def determine_normalization(self, cfg: Config) -> None:
+        """``preprocess.normalization``: 'scale255' for volumes stored as uint8 ``.npz``
+        arrays (MedMNIST), whose full 0-255 scale is meaningful (a mask or a fixed
+        intensity scale), instead of the per-volume percentile stretch. 2D images keep the
+        default 'percentile' (the small-image plan moved from 'scale255' to it after
+        measurements on PneumoniaMNIST).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if self.spatial_dims == 3 and self._all_uint8_arrays():
+            cfg.preprocess.normalization = "scale255"
+
+    def determine_tta(self, cfg: Config) -> None:
+        """``eval.tta``: volumes are predicted as the average over the 8 flips of a volume
+        (the flips of training; no shifts, ``eval.tta_shift=0``): exact and cheap, and paid
+        at prediction time only. 2D keeps the default (off).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if self.spatial_dims == 3:
+            cfg.eval.tta = True
+            cfg.eval.tta_shift = 0.0
+
+    # --- 2D --------------------------------------------------------------------------------
+    def determine_image_size(self, cfg: Config) -> None:
+        """``data.image_size`` of 2D images: square, the smallest median side, at most
+        :attr:`MAX_SIDE_2D`. Images are never upsampled (upsampling adds pixels, not
+        detail); large ones are shrunk. An unknown size (a zero in ``median_size``) plans
+        :attr:`MAX_SIDE_2D`.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+
+        Raises:
+            ValueError: ``fp["median_size"]`` is empty.
+        """
+        median = self.fp["median_size"]
+        smallest_side = min(median) if min(median) > 0 else self.MAX_SIDE_2D
+        side = min(self.MAX_SIDE_2D, smallest_side)
+        cfg.data.image_size = [side, side]
+
+    def _small_image(self, cfg: Config) -> bool:
+        """True for 2D images whose planned side is under :attr:`SMALL_IMAGE_SIDE`."""
+        return self.spatial_dims == 2 and min(cfg.data.image_size) < self.SMALL_IMAGE_SIDE
+
+    def determine_small_image_network(self, cfg: Config) -> None:
+        """Small 2D images (e.g. 28x28 MedMNIST): a stem without downsampling (stride 1,
+        kernel :attr:`SMALL_STEM_KERNEL`) and a narrow network of three stages
+        (:attr:`SMALL_FILTERS`): at full resolution, half the channels cost a quarter of the
+        convolutions, and a strided stem would throw away most of a thumbnail's pixels.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if self._small_image(cfg):
+            cfg.model.stem_stride = 1
+            cfg.model.stem_kernel_size = self.SMALL_STEM_KERNEL
+            cfg.model.filters = list(self.SMALL_FILTERS)
+
+    def determine_small_image_augmentation(self, cfg: Config) -> None:
+        """Small 2D images: batched augmentation (per-image transforms would cost more than
+        the network) and no left-right flip (a flipped thumbnail radiograph shows an anatomy
+        that does not occur; it lowered the ROC AUC on PneumoniaMNIST).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if self._small_image(cfg):
+            cfg.augment.batched = True
+            cfg.augment.flip_prob = 0.0
+
+    def determine_small_image_training(self, cfg: Config) -> None:
+        """Small 2D images: :attr:`SMALL_MAX_EPOCHS` epochs, patience :attr:`SMALL_PATIENCE`,
+        and an exponential moving average of the weights over :attr:`EMA_EPOCHS` epochs.
+
+        Why the average: without it the validation ROC AUC saturates near 1 while the
+        held-out ROC AUC swings from epoch to epoch, so the checkpoint chosen on validation
+        is a matter of luck; the averaged weights are steadier across seeds.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if self._small_image(cfg):
+            cfg.train.max_epochs = self.SMALL_MAX_EPOCHS
+            cfg.train.early_stopping.patience = self.SMALL_PATIENCE
+            cfg.train.ema_epochs = self.EMA_EPOCHS
+
+    # --- 3D --------------------------------------------------------------------------------
+    def determine_3d_grid(self, cfg: Config) -> None:
+        """``data.image_size`` and ``preprocess.shrink`` of volumes ``(C, D, H, W)``.
+
+        Intensity volumes are shrunk (averaged, 'area') so that the longest side is at most
+        :attr:`GRID_3D` voxels, keeping the aspect ratio (each side at least
+        :attr:`MIN_SIDE_3D`): 3D convolution cost grows with the voxel count, and a 64^3
+        volume has 8x fewer voxels at 32^3. Binary volumes (segmentation masks,
+        ``fp["binary"]``) keep up to :attr:`GRID_3D_MASKS` voxels a side for the projection
+        branch (:meth:`determine_3d_network`) and are shrunk by max-pooling ('max'), which
+        keeps thin structures one voxel wide that averaging fades to grey. An unknown size
+        (a zero in ``median_size``) plans a cube of the grid side; volumes are never
+        upsampled.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        binary = bool(self.fp.get("binary"))
+        grid = self.GRID_3D_MASKS if binary else self.GRID_3D
+        size = self.fp["median_size"]
+        median = [s for s in size if s > 0] or [grid] * 3
+        scale = min(1.0, grid / max(median))
+        cfg.data.image_size = [max(self.MIN_SIDE_3D, int(round(s * scale))) for s in size] \
+            if len(size) == 3 and min(size) > 0 else [grid] * 3
+        if binary:
+            cfg.preprocess.shrink = "max"
+
+    def determine_3d_network(self, cfg: Config) -> None:
+        """The network for volumes: ``small_cnn`` as a plain VGG-style 3D CNN.
+
+        Four conv-BN-ReLU blocks of stride 1 (:attr:`FILTERS_3D` channels, kernel 3), each
+        followed by a 2x max-pool, global average pooling, dropout :attr:`DROPOUT_3D` and a
+        linear classifier: the plain 3D CNN of the tutorials, which a strided stem and
+        strided stages (averaging, not max) do not match on masks; only max-pooled input
+        and a max-pooling network together gained.
+
+        Masks (``fp["binary"]``) add a projection branch (``model.projection_branch``,
+        :class:`~medclf.models.projection.VolumeAndProjections`): a 2D network of the same
+        style on the mean and maximum projections along each axis, at the full planned
+        grid, averaged (logits) with the 3D network, which sees the mask max-pooled once
+        more (``model.volume_pool=1``) when the grid exceeds :attr:`GRID_3D`. The two
+        networks disagree more than two 3D CNNs of different seeds do, which is why their
+        average gains where an ensemble of 3D CNNs does not.
+
+        Args:
+            cfg: the configuration being planned (its ``data.image_size`` already planned),
+                changed in place.
+        """
+        model = cfg.model
+        model.spatial_dims = 3
+        if self.fp.get("binary"):
+            model.projection_branch = True
+            model.volume_pool = int(max(cfg.data.image_size) > self.GRID_3D)
+        model.filters = list(self.FILTERS_3D)
+        model.blocks_per_stage = 1
+        model.stem_kernel_size = 3
+        model.stem_stride = 1
+        model.stem_pool = False
+        model.downsample = "maxpool"
+        model.dropout = self.DROPOUT_3D
+
+    def determine_3d_augmentation(self, cfg: Config) -> None:
+        """Volumes: flips along every axis and 90-degree rotations in the last two axes
+        (cheap, exact, no interpolation), batched; the random affine (``augment.prob=0``)
+        and the noise are off (the affine is costly in 3D on a CPU).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        augment = cfg.augment
+        augment.batched = True
+        augment.prob = 0.0
+        augment.flip_prob = self.FLIP_PROB_3D
+        augment.vertical_flip_prob = self.FLIP_PROB_3D
+        augment.depth_flip_prob = self.FLIP_PROB_3D
+        augment.rot90_prob = self.ROT90_PROB_3D
+        augment.noise_std = 0.0
+
+    def determine_3d_training(self, cfg: Config) -> None:
+        """Volumes: :attr:`MAX_EPOCHS_3D` epochs, patience :attr:`PATIENCE_3D`, peak learning
+        rate :attr:`LR_3D`, and an exponential moving average of the weights over
+        :attr:`EMA_EPOCHS` epochs.
+
+        Why the average: the validation split of a 3D set is small and its ROC AUC noisy;
+        without the average the best checkpoint was sometimes an early, badly calibrated one.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        cfg.train.max_epochs = self.MAX_EPOCHS_3D
+        cfg.train.lr = self.LR_3D
+        cfg.train.ema_epochs = self.EMA_EPOCHS
+        cfg.train.early_stopping.patience = self.PATIENCE_3D

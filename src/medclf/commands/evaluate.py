@@ -49,8 +49,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         if unknown:
             raise DataError(f"{data}: class folder(s) {', '.join(unknown)} are not classes of this run "
                             f"({', '.join(run.class_names)})")
-        out = run.path / "evaluations" / rundir.slug(Path(data).resolve().name)
-        (out / "plots").mkdir(parents=True, exist_ok=True)
+        out = run.path / rundir.EVALUATIONS_DIR / rundir.slug(Path(data).resolve().name)
+        (out / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
     manifest = Manifest(frame[["path", "label"]].assign(split="test"), run.class_names)
     images, kept, bad = prepare_images(manifest, run.config)
     test = EvaluationSplit(images, pd.Series(kept.labels("test")).to_numpy(), kept.frame)

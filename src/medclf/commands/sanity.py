@@ -278,10 +278,10 @@ def _finish(report: SanityReport, started: float) -> SanityReport:
             ax.set_ylabel("training loss (cross-entropy)")
             ax.set_title("overfit check on a small subset")
             figure.tight_layout()
-            atomic_write(report.out_dir / "plots" / "overfit_loss.png",
+            atomic_write(report.out_dir / rundir.OVERFIT_PLOT,
                          lambda tmp: figure.savefig(tmp, format="png", dpi=100))
             plt.close(figure)
-        write_json(report.out_dir / "sanity.json",
+        write_json(report.out_dir / rundir.SANITY,
                    {"passed": report.passed, "checks": [asdict(c) for c in report.checks],
                     "suggested_lr": report.suggested_lr, "loss_curve": report.loss_curve,
                     "seconds": round(time.perf_counter() - started, 1)})

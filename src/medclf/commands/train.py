@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .. import rundir
+from ..checkpoints import load_checkpoint
 from ..config import Config, load_yaml, validate
 from ..data.prepare import prepare_splits
 from ..data.preprocess import cache_root
@@ -224,7 +225,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     resumed_from = None
     ckpt_arg = None
     if ckpt is not None:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        saved = _run_checkpoint(ckpt)  # refuses a file holding code before Lightning reads it
         resumed_from = int(saved.get("epoch", -1))
         log.warning("resuming %s after epoch %d", run_dir, resumed_from)
         if stopped_early(saved):
@@ -242,7 +243,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
 
     best = run_dir / rundir.BEST
     checkpoint = best if best.exists() else run_dir / rundir.LAST
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = _run_checkpoint(checkpoint)
     module.load_state_dict(saved["state_dict"])
     # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
     apply_output_prior(module.model, training_counts(manifest.frame, manifest.class_names), cfg.train)
@@ -259,6 +260,20 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
                              str(checkpoint.relative_to(run_dir)), extra, leaks, pick_device(cfg.trainer.accelerator))
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
+
+
+def _run_checkpoint(path: Path) -> dict:
+    """A run's Lightning checkpoint (``state_dict``, ``epoch``, ...) read with
+    :func:`medclf.checkpoints.load_checkpoint` (nothing in the file can run).
+
+    Raises:
+        RunDirError: the file is missing, torn, holds code or objects that are not weights,
+            or is not a checkpoint (a dict with ``state_dict``).
+    """
+    saved = load_checkpoint(path, RunDirError, "checkpoint")
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise RunDirError(f"checkpoint: {path} is not a medclf checkpoint (no state_dict)")
+    return saved
 
 
 def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:

@@ -30,19 +30,35 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
 from .. import rundir
-from ..config import deep_merge, validate
+from ..config import deep_merge, user_settings, validate
 from ..errors import ConfigError, MedclfError, TrainingDivergedError
 from ..io import write_csv, write_json, write_yaml
-from ..training.module import MONITOR_MODES
-from ..config import user_settings
 from ..plan import plan_run
 from ..search.pruning import OptunaPruning
 from ..search.space import load_space, params_to_tree, parse_space
-from ..search.study import (HOST, PRUNERS, SAMPLERS, SearchResult, SkippedTrial, fail_interrupted, mask_password, import_optuna,
-                            best_epoch, build_pruner, format_table, build_sampler, default_name, open_storage,
-                            VAL_COLUMNS, recover_dead_trials, trials_table, write_plots, yaml_load)
+from ..search.study import (
+    HOST,
+    PRUNERS,
+    SAMPLERS,
+    VAL_COLUMNS,
+    SearchResult,
+    SkippedTrial,
+    best_epoch,
+    build_pruner,
+    build_sampler,
+    default_name,
+    fail_interrupted,
+    format_table,
+    import_optuna,
+    mask_password,
+    open_storage,
+    recover_dead_trials,
+    trials_table,
+    write_plots,
+    yaml_load,
+)
+from ..training.module import MONITOR_MODES
 from .evaluate import evaluate_run
 from .train import train
 
@@ -136,6 +152,13 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
     trials_dir = search_dir / "trials"
 
     def objective(trial):
+        try:
+            return run_trial(trial)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or Lightning's exit after it: noted in trials.csv
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def run_trial(trial):
         values = space.suggest(trial)
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("pid", os.getpid())
@@ -178,7 +201,7 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
 
     failures_in_row = 0
     while True:
-        recover_dead_trials(study)
+        recover_dead_trials(study, store)
         finished = len(study.get_trials(deepcopy=False, states=done_states))
         running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
         if finished + running >= trials:
@@ -192,7 +215,7 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(objective, n_trials=1, catch=(MedclfError,), gc_after_trial=True)
         except BaseException:  # Ctrl-C (or Lightning's exit on it): fail and re-enqueue the trial
-            fail_interrupted(study, before)
+            fail_interrupted(study, store, before)
             raise
         mine = [t for t in study.trials if t.number not in before and t.user_attrs.get("pid") == os.getpid()]
         if mine and mine[-1].state == optuna.trial.TrialState.FAIL and "skipped" not in mine[-1].user_attrs:

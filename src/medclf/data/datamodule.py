@@ -86,10 +86,6 @@ def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
     return (1.0 / counts.clamp(min=1))[labels]
 
 
-def stack(arrays: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
-
-
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test loaders over preprocessed arrays.
 

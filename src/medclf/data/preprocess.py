@@ -19,7 +19,7 @@ from ..errors import BadFilesError
 from ..io import atomic_write
 from .morphology import apply_steps
 from ..errors import UnreadableImage
-from .formats import content_digest, load_raw, pillow_size, read_image
+from .formats import content_digest, load_raw, read_image
 from .formats.dicom import has_dicom_magic
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
@@ -95,7 +95,7 @@ def decode_bytes(data: bytes, config, name: str | None = None) -> tuple[np.ndarr
             path = os.path.join(folder, "upload" + suffix)
             with open(path, "wb") as handle:
                 handle.write(data)
-            raw, full_scale, spacing = load_raw(path, config)
+            raw, full_scale, spacing = load_raw(path, **reader_settings(config))
             return fit_to_size(raw, config, spacing), full_scale
     raw, full_scale = read_image(data, pillow_size(config), config.data.in_channels, config.data.max_pixels)
     return fit_to_size(raw, config), full_scale
@@ -151,6 +151,21 @@ def preprocess_file(path: str, config, key: str | None = None) -> tuple[np.ndarr
     return array, digest
 
 
+def pillow_size(config) -> tuple[int, int] | None:
+    """The ``(H, W)`` Pillow resizes a 2D image to while decoding (bilinear, cheapest), or
+    None to decode at the file's size, for :func:`fit_to_size` to shrink by
+    ``preprocess.shrink='max'``."""
+    if config.preprocess.resize == "resize" and config.preprocess.shrink == "max":
+        return None
+    return tuple(config.data.image_size[-2:])
+
+
+def reader_settings(config) -> dict:
+    """The keyword arguments of :func:`medclf.data.formats.load_raw` for a run's configuration."""
+    return {"in_channels": config.data.in_channels, "window": config.preprocess.window,
+            "max_pixels": config.data.max_pixels, "size": pillow_size(config)}
+
+
 def decode_file(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, float]:
     """Decode one item (image, DICOM file or series folder, NIfTI, npz item) and bring it to
     the run's grid, before the steps and the normalisation (:func:`finish`).
@@ -168,7 +183,7 @@ def decode_file(path: str, config, data: bytes | None = None) -> tuple[np.ndarra
         UnreadableImage: the item cannot be decoded (message without the path).
         OSError: the file cannot be read at all.
     """
-    raw, full_scale, spacing = load_raw(path, config, data)
+    raw, full_scale, spacing = load_raw(path, data=data, **reader_settings(config))
     return fit_to_size(raw, config, spacing), full_scale
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import rundir
 from ..io import atomic_write, write_text
 
 log = logging.getLogger("medclf")
 
-TEXT = "architecture.txt"
-GRAPH = "architecture.png"
+TEXT = rundir.ARCHITECTURE_TEXT
+GRAPH = rundir.ARCHITECTURE_GRAPH
 
 
 def _count(module: nn.Module) -> tuple[int, int]:

@@ -222,7 +222,9 @@ class HistogramDiagnostics(L.Callback):
 
 
 class GradNormMonitor(L.Callback):
-    """Global L2 norm of all gradients at every step, before clipping.
+    """Global L2 norm of all gradients at every step, before clipping: the L2 norm of the
+    per-tensor L2 norms, ``sqrt(sum over parameters of |grad|^2)``, by PyTorch's
+    :func:`torch.nn.utils.get_total_norm` (the norm ``clip_grad_norm_`` clips).
 
     Args:
         out_dir: the run's ``diagnostics/`` folder.
@@ -239,7 +241,7 @@ class GradNormMonitor(L.Callback):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if not grads or not getattr(trainer, "is_global_zero", True):
             return
-        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
         step = trainer.global_step
         self.rows.append((step, norm))
         writer = _tensorboard(trainer)

@@ -4,58 +4,90 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+from scipy.stats import DegenerateDataWarning, bootstrap
+from sklearn.metrics import balanced_accuracy_score, roc_curve
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, roc_auc  # roc_auc: the project's one ROC AUC
 
-
-def roc_auc(y_true, probabilities) -> float:
-    """ROC AUC: binary AUC of class 1, or one-vs-rest macro; NaN when a class is absent."""
-    y_true = np.asarray(y_true)
-    k = probabilities.shape[1]
-    if len(np.unique(y_true)) < k:
-        return math.nan
-    if k == 2:
-        return float(roc_auc_score(y_true, probabilities[:, 1]))
-    return float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro", labels=list(range(k))))
+BOOTSTRAP_METHODS = ("percentile", "bca")
+_BOOTSTRAP_BATCH_INDICES = 1 << 22  # resample indices held at once (32 MiB of int64)
 
 
 def bootstrap_ci(y_true, probabilities, statistic, resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> list[float] | None:
-    """Percentile bootstrap confidence interval (Efron & Tibshirani 1993) of a statistic.
+                 level: float = 0.95, method: str = "percentile") -> list[float] | None:
+    """Bootstrap confidence interval of a statistic of paired ``(y_true, probabilities)`` rows,
+    by :func:`scipy.stats.bootstrap`.
+
+    Rows are resampled with replacement as pairs (scipy's ``paired=True`` resamples the row
+    indices; here the index array is the one sample, so predictions of any shape stay
+    with their labels). Methods (Efron & Tibshirani 1993, "An Introduction to the
+    Bootstrap", ch. 13 and 14): ``'percentile'`` (the default) and ``'bca'``
+    (bias-corrected and accelerated, with the jackknife acceleration).
+
+    The absent-class rule: resamples where the statistic is not finite (ROC AUC or balanced
+    accuracy of a resample that lacks a class, see :func:`roc_auc`) are skipped, and the
+    interval is taken over the remaining ones (scipy computes it from that distribution,
+    given as ``bootstrap_result``). Where BCa is undefined (a degenerate distribution: all
+    resamples give the same value, or the jackknife values are not finite) the percentile
+    interval is returned.
 
     Args:
-        y_true: int ``(N,)``; probabilities: float ``(N, num_classes)`` (or predictions
-            ``(N,)``), resampled together with replacement.
-        statistic: ``f(y_true, probabilities) -> float``; resamples where it is NaN (a
-            class missing from the resample) are skipped.
-        resamples: number of resamples; 0 gives None.
-        seed: seed of numpy's default generator.
+        y_true: int ``(N,)`` labels.
+        probabilities: float ``(N, num_classes)`` probabilities, or predictions ``(N,)``.
+        statistic: ``f(y_true, probabilities) -> float``; NaN for a resample where it is
+            undefined.
+        resamples: number of bootstrap resamples; 0 gives None.
+        seed: seed of numpy's default generator (``np.random.default_rng(seed)``), passed as
+            scipy's ``rng``: the same seed gives the same interval.
+        level: confidence level of the two-sided interval.
+        method: ``'percentile'`` or ``'bca'``.
 
     Returns:
-        ``[low, high]`` or None (no resamples or no finite value).
+        ``[low, high]``, or None (no resamples, no rows, or no finite resample). One row:
+        every resample is that row, so ``[value, value]`` (None if not finite).
+
+    Raises:
+        ValueError: an unknown ``method``.
     """
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"bootstrap method {method!r} is not one of {BOOTSTRAP_METHODS}")
     if resamples <= 0 or len(y_true) == 0:
         return None
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        value = statistic(y_true[idx], probabilities[idx])
-        if np.isfinite(value):
-            values.append(value)
-    if not values:
-        return None
-    alpha = (1 - level) / 2
-    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+    n = len(y_true)
+    if n == 1:  # scipy needs two rows; every resample of one row is that row
+        value = float(statistic(y_true, probabilities))
+        return [value, value] if np.isfinite(value) else None
+
+    def resampled(rows):
+        return statistic(y_true[rows], probabilities[rows])
+
+    common = dict(vectorized=False, confidence_level=level,
+                  batch=max(1, min(resamples, _BOOTSTRAP_BATCH_INDICES // n)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        drawn = bootstrap((np.arange(n),), resampled, n_resamples=resamples, method="percentile",
+                          rng=np.random.default_rng(seed), **common)
+        distribution = np.asarray(drawn.bootstrap_distribution, dtype=np.float64)
+        finite = distribution[np.isfinite(distribution)]
+        if finite.size == 0:
+            return None
+        kept = SimpleNamespace(bootstrap_distribution=finite)
+        interval = bootstrap((np.arange(n),), resampled, n_resamples=0, method=method,
+                             bootstrap_result=kept, **common).confidence_interval
+        if method != "percentile" and not (np.isfinite(interval.low) and np.isfinite(interval.high)):
+            interval = bootstrap((np.arange(n),), resampled, n_resamples=0, method="percentile",
+                                 bootstrap_result=kept, **common).confidence_interval
+    return [float(interval.low), float(interval.high)]
 
 
 def _balanced_accuracy(y_true, y_pred) -> float:
@@ -209,7 +241,7 @@ def tta_views(images: torch.Tensor, flip, shift: float) -> list[torch.Tensor]:
 
 
 def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, seed: int = 0,
-                     val_labels=None, val_probabilities=None) -> dict:
+                     val_labels=None, val_probabilities=None, bootstrap_method: str = "percentile") -> dict:
     """Everything a clinician asks of a test evaluation, in one dict.
 
     Args:
@@ -219,6 +251,8 @@ def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, se
         val_probabilities: float ``(M, num_classes)`` validation probabilities from the same
             checkpoint; with ``val_labels`` needed for the operating threshold and temperature
             scaling.
+        bootstrap_method: ``'percentile'`` (default) or ``'bca'`` for every bootstrap
+            interval (:func:`bootstrap_ci`); recorded in ``bootstrap['method']``.
 
     Returns:
         :func:`~medclf.evaluation.metrics.classification_metrics` at 0.5 / argmax, plus
@@ -229,10 +263,10 @@ def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, se
     probabilities = np.asarray(probabilities, dtype=float)
     metrics = classification_metrics(y_true, probabilities, class_names)
     n_boot = eval_cfg.bootstrap
-    metrics["roc_auc_ci"] = bootstrap_ci(y_true, probabilities, roc_auc, n_boot, seed)
+    metrics["roc_auc_ci"] = bootstrap_ci(y_true, probabilities, roc_auc, n_boot, seed, method=bootstrap_method)
     metrics["balanced_accuracy_ci"] = bootstrap_ci(
-        y_true, probabilities.argmax(axis=1), _balanced_accuracy, n_boot, seed)
-    metrics["bootstrap"] = {"resamples": n_boot, "seed": seed, "level": 0.95, "method": "percentile"}
+        y_true, probabilities.argmax(axis=1), _balanced_accuracy, n_boot, seed, method=bootstrap_method)
+    metrics["bootstrap"] = {"resamples": n_boot, "seed": seed, "level": 0.95, "method": bootstrap_method}
     calibration = calibration_error(y_true, probabilities, eval_cfg.calibration_bins)
     calibration["temperature"] = None
     have_val = val_probabilities is not None and len(val_probabilities) > 0
@@ -252,7 +286,8 @@ def clinical_metrics(y_true, probabilities, class_names: list[str], eval_cfg, se
         op = classification_metrics(y_true, probabilities, class_names, y_pred=y_pred)
         op.pop("classification_report", None)
         op.pop("roc_auc_per_class", None)
-        op["balanced_accuracy_ci"] = bootstrap_ci(y_true, y_pred, _balanced_accuracy, n_boot, seed)
+        op["balanced_accuracy_ci"] = bootstrap_ci(y_true, y_pred, _balanced_accuracy, n_boot, seed,
+                                                  method=bootstrap_method)
         op.update(threshold=threshold, positive_class=class_names[pos],
                   method=eval_cfg.threshold if isinstance(eval_cfg.threshold, str) else "fixed",
                   chosen_on="val")

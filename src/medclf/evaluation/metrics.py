@@ -1,12 +1,27 @@
-"""Classification metrics a clinician expects, computed with scikit-learn."""
+"""Classification metrics a clinician expects, computed with scikit-learn.
+
+:func:`roc_auc` (defined with the per-epoch training metrics in
+:mod:`medclf.training.module`, the lowest layer that needs it, and re-exported here) is the
+one ROC AUC of the project, with one rule for a split that lacks a class.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
-                             confusion_matrix, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+
+from ..training.module import roc_auc
+
+__all__ = ["classification_metrics", "roc_auc", "summary_lines"]
 
 
 def classification_metrics(y_true, probabilities, class_names: list[str], y_pred=None) -> dict:
@@ -20,9 +35,10 @@ def classification_metrics(y_true, probabilities, class_names: list[str], y_pred
             two classes is the threshold 0.5).
 
     Returns:
-        dict with ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (binary: AUC of the second
-        class; several classes: one-vs-rest macro average; NaN when a class is absent),
-        ``roc_auc_per_class`` (one-vs-rest), ``per_class`` (``precision``, ``sensitivity``
+        dict with ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (:func:`roc_auc`: binary:
+        AUC of the second class; several classes: one-vs-rest macro average; NaN when a class
+        is absent), ``roc_auc_per_class`` (one-vs-rest, NaN for a class with no sample or no
+        other class), ``per_class`` (``precision``, ``sensitivity``
         (= recall), ``specificity``, ``ppv`` (= precision), ``npv``, ``f1``, ``support`` per class name),
         ``confusion_matrix`` (rows: true class, columns: predicted class),
         ``classification_report`` (scikit-learn's text) and ``n``.
@@ -49,22 +65,14 @@ def classification_metrics(y_true, probabilities, class_names: list[str], y_pred
                            "ppv": float(tp / (tp + fp)) if tp + fp else math.nan,
                            "npv": float(tn / (tn + fn)) if tn + fn else math.nan,
                            "f1": float(f1[c]), "support": int(matrix[c, :].sum())}
-        positives = y_true == c
-        auc_per_class[name] = (float(roc_auc_score(positives, probabilities[:, c]))
-                               if 0 < positives.sum() < len(y_true) else math.nan)
-    present = set(np.unique(y_true))
-    if len(present) < num_classes or len(present) < 2:
-        roc_auc = math.nan
-    elif num_classes == 2:
-        roc_auc = float(roc_auc_score(y_true, probabilities[:, 1]))
-    else:
-        roc_auc = float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro",
-                                      labels=labels))
+        # one-vs-rest: class c against the rest, as a two-class problem with the same rule
+        score = probabilities[:, c]
+        auc_per_class[name] = roc_auc((y_true == c).astype(int), np.stack([1.0 - score, score], axis=1))
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "roc_auc": roc_auc,
+        "roc_auc": roc_auc(y_true, probabilities),
         "roc_auc_per_class": auc_per_class,
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),

@@ -88,9 +88,9 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
     predictions["duplicates_train"] = drop
     write_csv(run_path / rundir.PREDICTIONS, predictions)
     write_json(run_path / rundir.TEST_METRICS, metrics)
-    plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_path / "plots" / "confusion_matrix.png")
-    plots.roc_curves(labels[keep], probabilities[keep], class_names, run_path / "plots" / "roc_curves.png")
-    plots.reliability_diagram(metrics["calibration"], run_path / "plots" / "reliability.png")
+    plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_path / rundir.CONFUSION_MATRIX_PLOT)
+    plots.roc_curves(labels[keep], probabilities[keep], class_names, run_path / rundir.ROC_PLOT)
+    plots.reliability_diagram(metrics["calibration"], run_path / rundir.RELIABILITY_PLOT)
     if (run_path / rundir.METRICS).exists():
-        plots.learning_curves(run_path / rundir.METRICS, run_path / "plots" / "learning_curves.png")
+        plots.learning_curves(run_path / rundir.METRICS, run_path / rundir.LEARNING_CURVES_PLOT)
     return metrics

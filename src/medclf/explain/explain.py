@@ -1,24 +1,26 @@
 """Explain predictions of a run: probabilities, a saliency heatmap and an overlay figure.
 
-:func:`explain_image` is the reusable entry point (the command line and the web service
-call it); :func:`explain_files` writes figures (and, for volumes, NIfTI heatmaps) to a folder.
+:func:`explain_image` is the reusable entry point (``medclf explain`` and the gallery use
+:class:`Explainer`). Every input is read by the data stage exactly as ``medclf train`` and
+``medclf predict`` read it (:func:`medclf.data.preprocess.decode_file` then
+:func:`~medclf.data.preprocess.finish`), so a heatmap explains the very input the model
+classifies: 2D images, DICOM files and series folders, NIfTI volumes (reoriented to RAS+,
+windowed, resampled to ``preprocess.spacing``) and ``file.npz#split/index`` items.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .. import rundir
-from ..errors import BadFilesError, DataError
-from ..io import atomic_write, write_csv
+from ..errors import DataError, UnreadableImage
+from ..io import atomic_write
 from .cam import Saliency
 from .overlay import overlay_png
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass
@@ -32,8 +34,10 @@ class Explanation:
         predicted: the most probable class.
         class_name: the class the heatmap explains.
         image: the preprocessed model input ``(C, *spatial)``.
-        affine: 4x4 voxel-to-world matrix of a NIfTI input (None otherwise).
-        original_shape: spatial shape of the input before resizing.
+        affine: 4x4 voxel-to-world matrix (mm) of a NIfTI input after its reorientation to
+            RAS+ (:func:`medclf.data.formats.nifti.read_nifti`); None for other inputs.
+        original_shape: spatial shape of the input before resampling and resizing (for NIfTI
+            in RAS+ axis order, the shape of ``read_nifti``'s array).
     """
 
     probabilities: dict
@@ -49,81 +53,103 @@ class Explanation:
         return iter((self.probabilities, self.heatmap, self.png))
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+@dataclass
+class ExplainInput:
+    """One input read for explanation.
+
+    Attributes:
+        image: float32 model input ``(C, *image_size)``, what ``medclf predict`` feeds the model.
+        shown: float32 ``(C, *image_size)``: the decoded intensities on the model's grid before
+            ``preprocess.steps`` and the normalisation, drawn under the heatmap.
+        affine: see :attr:`Explanation.affine`.
+        original_shape: see :attr:`Explanation.original_shape`.
+    """
+
+    image: np.ndarray
+    shown: np.ndarray
+    affine: np.ndarray | None
+    original_shape: tuple
 
 
-def prepare_array(array: np.ndarray, config) -> np.ndarray:
-    """Raw intensities ``(*spatial)`` or ``(C, *spatial)`` -> the run's model input
-    ``(C, *image_size)``: channels matched, resized (MONAI ``Resize``, linear), then the run's
-    preprocessing steps and normalisation, like training images.
+def read_input(path_or_array, config) -> ExplainInput:
+    """Read one input with the run's preprocessing (the data stage's, nothing of its own).
+
+    A path (``str`` or :class:`~pathlib.Path`) is anything ``medclf predict`` takes: a 2D
+    image, a DICOM file or series folder, a NIfTI volume or a ``file.npz#split/index`` item.
+    It is decoded by :func:`medclf.data.preprocess.decode_file` (read, RAS+ reorientation and
+    window for NIfTI, spacing resampling, ``fit_to_size``) and finished by
+    :func:`~medclf.data.preprocess.finish` (steps, normalisation).
+
+    An array is taken as raw intensities ``(*spatial)``, ``(C, *spatial)`` or, in 2D, an
+    ``(H, W, RGB[A])`` picture, like one image of an npz file: channels are matched to
+    ``data.in_channels`` (colour -> gray by luminance, gray repeated), it is brought to
+    ``data.image_size`` by :func:`~medclf.data.preprocess.fit_to_size` and finished with the
+    full scale of its dtype (``iinfo(dtype).max`` for integers, 1 for floats; as npz items).
 
     Raises:
-        DataError: the array's dimensions do not fit the run (2D vs 3D).
+        DataError: missing or unreadable file (the message names it), or an array whose
+            dimensions do not fit the run (2D vs 3D).
     """
-    from monai.transforms import Resize
-
-    from ..data.preprocess import finish
-    spatial_dims = config.model.spatial_dims
-    array = np.asarray(array, dtype=np.float32)
-    if spatial_dims == 2 and array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] not in (1, 3, 4):
-        array = np.moveaxis(array[..., :3], -1, 0)  # an (H, W, RGB[A]) picture -> (C, H, W)
-    if array.ndim == spatial_dims:
-        array = array[None]
-    if array.ndim != spatial_dims + 1:
-        raise DataError(f"an array of shape {array.shape} does not fit a {spatial_dims}D model "
-                        f"(expected (C, *spatial) with {spatial_dims} spatial axes)")
-    channels = config.data.in_channels
-    if array.shape[0] != channels:
-        array = array.mean(axis=0, keepdims=True) if channels == 1 else np.repeat(array[:1], channels, axis=0)
-    size = list(config.data.image_size)[-spatial_dims:]
-    if list(array.shape[1:]) != size:
-        array = np.asarray(Resize(size, mode="trilinear" if spatial_dims == 3 else "bilinear")(array))
-    full_scale = 65535.0 if array.max() > 255 else 255.0
-    return finish(array, full_scale, config)  # the run's preprocessing steps and normalisation
-
-
-def load_input(path_or_array, config) -> tuple[np.ndarray, np.ndarray | None, tuple]:
-    """Read an image file, a NIfTI volume or an array as the run's model input.
-
-    Returns:
-        ``(image, affine, original_shape)``: float32 ``(C, *image_size)``, the NIfTI affine
-        (or None) and the spatial shape before resizing.
-
-    Raises:
-        DataError: missing or unreadable file, or dimensions that do not fit the run.
-    """
-    from ..data.preprocess import preprocess_file
-    from ..errors import UnreadableImage
-    if not isinstance(path_or_array, (str, Path)):
-        array = np.asarray(path_or_array)
-        shape = array.shape[-config.model.spatial_dims:]
-        return prepare_array(array, config), None, tuple(shape)
-    path = Path(path_or_array)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if _is_nifti(path):
-        import nibabel as nib
-        try:
-            volume = nib.load(str(path))
-            data = np.asarray(volume.dataobj, dtype=np.float32)
-        except Exception as err:  # noqa: BLE001  (nibabel raises many types for bad files)
-            raise DataError(f"{path}: not a readable NIfTI volume ({err})") from None
-        if data.ndim == 4:  # (X, Y, Z, C) -> channels first
-            data = np.moveaxis(data, -1, 0)
-        try:
-            return prepare_array(data, config), np.asarray(volume.affine), tuple(data.shape[-3:])
-        except DataError as err:
-            raise DataError(f"{path}: {err}") from None
-    if config.model.spatial_dims == 3:
-        raise DataError(f"{path}: this run's model takes 3D volumes (NIfTI .nii/.nii.gz), not 2D images")
+    from ..data.preprocess import decode_file, finish
+    if not isinstance(path_or_array, (str, os.PathLike)):
+        shown, full_scale = _decode_array(path_or_array, config)
+        return ExplainInput(finish(shown, full_scale, config), shown, None,
+                            tuple(np.shape(path_or_array))[-config.model.spatial_dims:])
+    path = str(path_or_array)
+    _check_exists(path)
     try:
-        image, _ = preprocess_file(str(path), config)
+        shown, full_scale = decode_file(path, config)
+        affine, shape = _geometry(path, shown, config)
+        image = finish(shown, full_scale, config)
     except UnreadableImage as err:
         raise DataError(f"{path}: {err}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None
-    return image, None, tuple(image.shape[1:])
+    return ExplainInput(image, shown, affine, shape)
+
+
+def _check_exists(path: str) -> None:
+    from ..data.formats import source_format
+    from ..data.formats.npz import parse_item
+    target = parse_item(path)[0] if source_format(path) == "npz" else path
+    if not os.path.exists(target):
+        raise DataError(f"{path}: file not found")
+
+
+def _geometry(path: str, shown: np.ndarray, config) -> tuple[np.ndarray | None, tuple]:
+    """``(affine, original_shape)`` of a decoded input: for NIfTI the RAS+ affine and shape of
+    :func:`~medclf.data.formats.nifti.read_nifti` (the orientation the model saw); for other
+    volumes the file's shape (:func:`medclf.data.formats.probe`) and no affine; for 2D the grid."""
+    from ..data.formats import probe, source_format
+    from ..data.formats.nifti import read_nifti
+    if config.model.spatial_dims != 3:
+        return None, tuple(shown.shape[1:])
+    if source_format(path) == "nifti":
+        array, _, affine = read_nifti(path)  # the same reader and reorientation as decode_file
+        return affine, tuple(array.shape)
+    shape = tuple(int(s) for s in probe(path)["shape"])
+    return None, shape if len(shape) == 3 else tuple(shown.shape[1:])
+
+
+def _decode_array(array, config) -> tuple[np.ndarray, float]:
+    """Raw array -> ``(raw (C, *image_size), full_scale)`` (see :func:`read_input`)."""
+    from ..data.formats import _channels  # the channel matching of every file reader
+    from ..data.preprocess import fit_to_size
+    stored = np.asarray(array)
+    spatial_dims = config.model.spatial_dims
+    full_scale = float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0
+    raw = stored.astype(np.float32)
+    if spatial_dims == 2 and raw.ndim == 3 and raw.shape[-1] in (3, 4) and raw.shape[0] not in (1, 3, 4):
+        raw = np.moveaxis(raw[..., :3], -1, 0)  # an (H, W, RGB[A]) picture -> (C, H, W)
+    if raw.ndim == spatial_dims:
+        raw = raw[None]
+    if raw.ndim != spatial_dims + 1:
+        raise DataError(f"an array of shape {stored.shape} does not fit a {spatial_dims}D model "
+                        f"(expected (C, *spatial) with {spatial_dims} spatial axes)")
+    try:
+        return fit_to_size(_channels(raw, config.data.in_channels), config), full_scale
+    except UnreadableImage as err:
+        raise DataError(f"an array of shape {stored.shape}: {err}") from None
 
 
 class Explainer:
@@ -135,6 +161,9 @@ class Explainer:
         class_names: class names in output order.
         method: ``gradcam`` (default), ``gradcampp`` or ``occlusion``.
         target_layer: Grad-CAM layer name (None: the last convolutional block).
+
+    Raises:
+        ConfigError: unknown method or layer.
     """
 
     def __init__(self, model, config, class_names: list[str], method: str = "gradcam",
@@ -169,8 +198,15 @@ class Explainer:
                             f"{', '.join(self.class_names)}")
         return self.class_names.index(class_name)
 
-    def explain_tensor(self, image: np.ndarray, class_name: str | None = None) -> Explanation:
-        """Explain one preprocessed model input ``(C, *spatial)``."""
+    def explain_tensor(self, image: np.ndarray, class_name: str | None = None,
+                       shown: np.ndarray | None = None) -> Explanation:
+        """Explain one preprocessed model input ``(C, *spatial)``.
+
+        Args:
+            image: the model input ``(C, H, W)`` or ``(C, D, H, W)``.
+            class_name: the class to explain (None: the predicted one).
+            shown: what the figure draws under the heatmap, same shape (default ``image``).
+        """
         target = self.class_index(class_name)
         batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         with torch.no_grad():
@@ -180,31 +216,38 @@ class Explainer:
         heatmap = self.saliency(batch, index)[0]
         title = (f"predicted {self.class_names[predicted]} ({probs[predicted]:.2f}); "
                  f"{self.method} for {self.class_names[index]} ({probs[index]:.2f})")
-        png = overlay_png(image, heatmap, title)
+        png = overlay_png(image if shown is None else shown, heatmap, title)
         return Explanation({n: float(p) for n, p in zip(self.class_names, probs)}, heatmap, png,
                            self.class_names[predicted], self.class_names[index], image)
 
+    def explain_input(self, item: ExplainInput, class_name: str | None = None) -> Explanation:
+        """Explain an input read by :func:`read_input`."""
+        result = self.explain_tensor(item.image, class_name, item.shown)
+        result.affine, result.original_shape = item.affine, item.original_shape
+        return result
+
     def explain(self, path_or_array, class_name: str | None = None) -> Explanation:
-        """Explain an image file, a NIfTI volume or a raw array (see :func:`load_input`).
+        """Explain a file, an npz item or a raw array (see :func:`read_input`).
 
         Raises:
             DataError: unreadable input or unknown class name.
         """
         self.class_index(class_name)  # fail before reading anything
-        image, affine, shape = load_input(path_or_array, self.config)
-        result = self.explain_tensor(image, class_name)
-        result.affine, result.original_shape = affine, shape
-        return result
+        return self.explain_input(read_input(path_or_array, self.config), class_name)
 
 
 def explain_image(run, path_or_array, class_name: str | None = None, method: str = "gradcam",
                   target_layer: str | None = None) -> Explanation:
     """Probabilities, heatmap and overlay PNG of one image with a run's best checkpoint.
 
+    The probabilities are those of ``medclf predict`` without test-time augmentation (its
+    ``prob_<class>`` columns) and of the web service: the same reading and preprocessing.
+
     Args:
         run: run directory (path) or :class:`~medclf.rundir.Run`.
-        path_or_array: image file (PNG, JPEG, ...), NIfTI volume, or raw array
-            ``(*spatial)`` / ``(C, *spatial)``.
+        path_or_array: a 2D image (PNG, JPEG, ...), DICOM file or series folder, NIfTI volume,
+            ``file.npz#split/index`` item, or a raw array ``(*spatial)`` / ``(C, *spatial)``
+            (see :func:`read_input`).
         class_name: class to explain (default: the predicted class).
         method: ``gradcam``, ``gradcampp`` or ``occlusion``.
         target_layer: Grad-CAM layer (default: the last convolutional block).
@@ -221,8 +264,18 @@ def explain_image(run, path_or_array, class_name: str | None = None, method: str
 
 
 def write_heatmap_nifti(result: Explanation, path: str | Path) -> Path:
-    """Save a volume's heatmap as NIfTI, resized back to the input's shape and with its
-    affine (identity when the input had none), so it overlays the input in any viewer."""
+    """Save a volume's heatmap ``(D, H, W)`` as NIfTI so that it overlays the input in a viewer.
+
+    The heatmap is resized (MONAI ``Resize``, trilinear) from the model's grid back to
+    ``result.original_shape``. For a NIfTI input that is the RAS+ shape and the RAS+ affine
+    of :func:`~medclf.data.formats.nifti.read_nifti` (the orientation the model saw): the
+    heatmap's array axes may be permuted/flipped against the input file's, but both map to
+    the same world (scanner) coordinates, which is what viewers align. Other volumes (DICOM,
+    npz) get an identity affine (voxel coordinates, the input's array order).
+
+    Returns:
+        the written path.
+    """
     import nibabel as nib
     from monai.transforms import Resize
     heat = result.heatmap
@@ -235,52 +288,3 @@ def write_heatmap_nifti(result: Explanation, path: str | Path) -> Path:
         nib.save(image, tmp + ".nii.gz")  # nibabel picks the format from the suffix
         Path(tmp + ".nii.gz").replace(tmp)
     return atomic_write(path, write)
-
-
-def explain_files(run_dir, paths: list, out: str | Path | None = None, class_name: str | None = None,
-                  method: str = "gradcam", target_layer: str | None = None) -> tuple[Path, pd.DataFrame]:
-    """Write ``<name>_<method>.png`` (and ``<name>_<method>_heatmap.nii.gz`` for volumes) per
-    file to ``out`` (default ``run_dir/explanations``).
-
-    Every file is read first; unreadable files are all listed in one error before any output.
-
-    Returns:
-        ``(out, frame)`` with one row per file: ``path``, ``predicted``, ``probability``,
-        ``class_name`` (explained), ``png``, ``nifti``.
-
-    Raises:
-        RunDirError: not a run directory.
-        DataError: no files, or an unknown class.
-        BadFilesError: unreadable files.
-    """
-    if not paths:
-        raise DataError("no image files given to explain")
-    explainer = Explainer.from_run(run_dir, method, target_layer)
-    explainer.class_index(class_name)
-    inputs, bad = [], []
-    for p in paths:
-        try:
-            inputs.append((p, load_input(p, explainer.config)))
-        except DataError as err:
-            bad.append((str(p), str(err).removeprefix(f"{p}: ")))
-    if bad:
-        raise BadFilesError(bad)
-    out = Path(out) if out else Path(run_dir) / "explanations"
-    rows, used = [], set()
-    for p, (image, affine, shape) in inputs:
-        result = explainer.explain_tensor(image, class_name)
-        result.affine, result.original_shape = affine, shape
-        stem = rundir.slug(Path(p).name.removesuffix(".gz").rsplit(".", 1)[0])
-        while stem in used:
-            stem += "_"
-        used.add(stem)
-        png = atomic_write(out / f"{stem}_{method}.png", lambda tmp: Path(tmp).write_bytes(result.png))
-        nifti = ""
-        if result.heatmap.ndim == 3:
-            nifti = str(write_heatmap_nifti(result, out / f"{stem}_{method}_heatmap.nii.gz"))
-        rows.append({"path": str(p), "predicted": result.predicted,
-                     "probability": result.probabilities[result.predicted],
-                     "class_name": result.class_name, "png": str(png), "nifti": nifti})
-    frame = pd.DataFrame(rows)
-    write_csv(out / "explanations.csv", frame)
-    return out, frame

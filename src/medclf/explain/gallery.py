@@ -10,7 +10,7 @@ import pandas as pd
 from .. import rundir
 from ..errors import MedclfError
 from ..io import atomic_write, write_csv
-from .explain import Explainer, load_input
+from .explain import Explainer
 
 log = logging.getLogger("medclf")
 
@@ -45,8 +45,9 @@ def select_gallery(predictions: pd.DataFrame, class_names: list[str], k: int = 4
 def write_gallery(run_dir: str | Path, k: int = 4, method: str = "gradcam") -> Path | None:
     """Write ``plots/gallery/{correct,wrong}_<rank>.png`` and ``gallery.csv`` for a run.
 
-    Uses the run's ``predictions.csv`` (written by evaluation); the heatmap explains the
-    predicted class. Images that cannot be read any more are skipped with a warning.
+    Uses the run's ``predictions.csv`` (written by evaluation); each image is read with the
+    run's preprocessing, like in evaluation, and the heatmap explains the predicted class.
+    Images that cannot be read any more are skipped with a warning.
 
     Returns:
         the gallery CSV path, or None when the run has no predictions.
@@ -55,17 +56,17 @@ def write_gallery(run_dir: str | Path, k: int = 4, method: str = "gradcam") -> P
     if not (run_dir / rundir.PREDICTIONS).is_file():
         return None
     run = rundir.load_run(run_dir)
-    chosen = select_gallery(pd.read_csv(run_dir / rundir.PREDICTIONS), run.class_names, k)
+    predictions = pd.read_csv(run_dir / rundir.PREDICTIONS, dtype={"label": str, "predicted": str})
+    chosen = select_gallery(predictions, run.class_names, k)  # class names stay text ("0", not 0)
     explainer = Explainer.from_run(run, method)
     pngs = []
     for _, row in chosen.iterrows():
-        try:
-            image, _, _ = load_input(row.path, run.config)
+        try:  # read exactly as evaluation read it (medclf.explain.explain.read_input)
+            result = explainer.explain(row.path, row.predicted)
         except MedclfError as err:
             log.warning("gallery: skipped %s", err)
             pngs.append("")
             continue
-        result = explainer.explain_tensor(image, row.predicted)
         name = f"{row.kind}_{row['rank']}.png"
         atomic_write(run_dir / GALLERY_DIR / name, lambda tmp: Path(tmp).write_bytes(result.png))
         pngs.append(name)

@@ -32,7 +32,8 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, title: str = "", alpha: 
     """PNG bytes of original | heatmap | overlay.
 
     Args:
-        image: the model's input ``(C, H, W)`` or ``(C, D, H, W)`` (any intensity range;
+        image: the image ``(C, H, W)`` or ``(C, D, H, W)`` on the heatmap's grid (the model
+            input, or its decoded intensities before normalisation; any intensity range,
             shown between its 0.5th and 99.5th percentiles).
         heatmap: ``(H, W)`` or ``(D, H, W)`` in [0, 1].
         title: figure title (predicted class and probability, explained class, method).
@@ -46,10 +47,9 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, title: str = "", alpha: 
         rows = [("", shown, heatmap)]
     else:
         d, h, w = max_slices(heatmap)
-        take = (lambda a, axis, i: np.take(a, i, axis=axis))
-        rows = [(f"axial d={d}", take(shown, 0, d), heatmap[d]),
-                (f"coronal h={h}", take(shown, 1, h), heatmap[:, h]),
-                (f"sagittal w={w}", take(shown, 2, w), heatmap[:, :, w])]
+        rows = [(f"axial d={d}", np.take(shown, d, axis=0), heatmap[d]),
+                (f"coronal h={h}", np.take(shown, h, axis=1), heatmap[:, h]),
+                (f"sagittal w={w}", np.take(shown, w, axis=2), heatmap[:, :, w])]
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.6, 3.3 * len(rows) + 0.4), squeeze=False)
     for r, (label, img, heat) in enumerate(rows):
         axes[r, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)

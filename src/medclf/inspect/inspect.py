@@ -71,7 +71,6 @@ def _scan_volume(path: str, decode: bool) -> dict:
     header facts from :func:`~medclf.data.formats.probe` (``size`` is the spatial shape,
     ``spacing`` mm per array axis when the format has one); with ``decode`` the item is read
     once by :func:`~medclf.data.formats.load_raw` for its intensity range and thumbnail."""
-    from ..config import Config
     try:
         facts = probe(path)
         sha, _ = content_digest(path)
@@ -83,7 +82,7 @@ def _scan_volume(path: str, decode: bool) -> dict:
         if facts.get("spacing") is not None:
             info["spacing"] = [round(float(v), 6) for v in facts["spacing"]]  # header zooms are float32
         if decode:
-            array, _, _ = load_raw(path, Config())
+            array, _, _ = load_raw(path)
             info.update(min=float(array.min()), max=float(array.max()), thumb=thumbnail(array))
     except (UnreadableImage, OSError, ValueError) as err:
         return {"error": str(err) or err.__class__.__name__}

@@ -2,9 +2,9 @@
 projection branch for volumes, weight initialisation and user-supplied weights."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from ..checkpoints import load_checkpoint
 from ..errors import ConfigError
 from . import monai_nets, small_cnn  # noqa: F401  (register the networks)
 from .projection import ProjectionCNN, VolumeAndProjections
@@ -64,20 +64,19 @@ def initialise(model: nn.Module, scheme: str) -> None:
 def load_weights(model: nn.Module, path: str) -> None:
     """Load user-supplied weights: a plain state_dict or a Lightning checkpoint.
 
-    Keys prefixed ``model.`` (as in medclf checkpoints) are stripped. Loading uses
-    ``weights_only=True``, so a file cannot execute code.
+    Keys prefixed ``model.`` (as in medclf checkpoints) are stripped. The file is read by
+    :func:`medclf.checkpoints.load_checkpoint` (``weights_only=True``), so it cannot execute code.
 
     Raises:
-        ConfigError: the file is missing, unreadable, or its tensors do not fit the model.
+        ConfigError: the file is missing, unreadable, holds code or objects that are not
+            weights, is not a state_dict, or its tensors do not fit the model.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"model.weights: file not found: {path}") from None
-    except Exception as err:  # noqa: BLE001  (any unpickling problem is a bad file)
-        raise ConfigError(f"model.weights: cannot load {path}: {err}") from None
+    state = load_checkpoint(path, ConfigError, "model.weights")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights: {path} holds a {type(state).__name__}, not a state_dict "
+                          "(a dict of tensors) or a checkpoint with one")
     if any(k.startswith("model.") for k in state):  # a medclf (Lightning) checkpoint
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:

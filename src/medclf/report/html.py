@@ -21,13 +21,12 @@ from pathlib import Path
 
 
 from ..io import write_text
-from ..rundir import load_run
+from ..rundir import REPORT, load_run
 from . import sections  # noqa: F401  (registers the built-in sections)
 from .context import SECTIONS, ReportContext, esc
 
 log = logging.getLogger("medclf")
 
-REPORT = "report.html"
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;
 padding:1em 2em;color:#222;line-height:1.4}

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import yaml
 
+from .. import rundir
 from .context import ReportContext, esc, fmt, register_section, table
 
 
 @register_section("Summary", order=10)
 def summary(ctx: ReportContext) -> str | None:
-    config = yaml.safe_load(ctx.text("config.yaml") or "null")
-    metrics = ctx.json("test_metrics.json")
+    config = yaml.safe_load(ctx.text(rundir.CONFIG) or "null")
+    metrics = ctx.json(rundir.TEST_METRICS)
     if config is None and metrics is None:
         return None
     rows = []
@@ -34,7 +35,7 @@ def summary(ctx: ReportContext) -> str | None:
 
 @register_section("Dataset", order=20)
 def dataset(ctx: ReportContext) -> str | None:
-    fp = ctx.json("dataset.json")
+    fp = ctx.json(rundir.DATASET)
     if fp is None:
         return None
     counts = fp.get("counts", {})
@@ -54,7 +55,7 @@ def dataset(ctx: ReportContext) -> str | None:
         facts.append("modes " + ", ".join(f"{k}: {v}" for k, v in fp["modes"].items()))
     if facts:
         parts.append(f"<p>{esc('; '.join(facts))}.</p>")
-    bad = ctx.csv("bad_files.csv")
+    bad = ctx.csv(rundir.BAD_FILES)
     if bad is not None and len(bad):
         parts.append(f'<p class="warn">{len(bad)} unreadable file(s) were skipped:</p>')
         parts.append(table(bad[["path", "reason"]].values.tolist(), ["file", "reason"]))
@@ -63,10 +64,10 @@ def dataset(ctx: ReportContext) -> str | None:
 
 @register_section("Learning curves", order=30)
 def learning_curves(ctx: ReportContext) -> str | None:
-    frame = ctx.csv("metrics.csv")
-    if frame is None and not ctx.exists("plots/learning_curves.png"):
+    frame = ctx.csv(rundir.METRICS)
+    if frame is None and not ctx.exists(rundir.LEARNING_CURVES_PLOT):
         return None
-    parts = [ctx.img("plots/learning_curves.png", "learning curves")]
+    parts = [ctx.img(rundir.LEARNING_CURVES_PLOT, "learning curves")]
     if frame is not None and len(frame):
         columns = [c for c in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy",
                                "val_roc_auc", "lr", "epoch_time_s") if c in frame]
@@ -78,15 +79,15 @@ def learning_curves(ctx: ReportContext) -> str | None:
 
 @register_section("Test metrics", order=40)
 def test_metrics(ctx: ReportContext) -> str | None:
-    metrics = ctx.json("test_metrics.json")
+    metrics = ctx.json(rundir.TEST_METRICS)
     if metrics is None:
         return None
     auc = metrics.get("roc_auc_per_class", {})
     rows = [[name, m["sensitivity"], m["specificity"], m["precision"], m["f1"], auc.get(name, float("nan")),
              m["support"]] for name, m in metrics.get("per_class", {}).items()]
     parts = [table(rows, ["class", "sensitivity", "specificity", "precision", "F1", "ROC AUC (one-vs-rest)", "n"])]
-    figures = [(p, c) for p, c in (("plots/confusion_matrix.png", "confusion matrix (rows: true class)"),
-                                   ("plots/roc_curves.png", "ROC curves, one-vs-rest")) if ctx.exists(p)]
+    figures = [(p, c) for p, c in ((rundir.CONFUSION_MATRIX_PLOT, "confusion matrix (rows: true class)"),
+                                   (rundir.ROC_PLOT, "ROC curves, one-vs-rest")) if ctx.exists(p)]
     if figures:
         parts.append('<div class="grid">' + "".join(
             f"<figure>{ctx.img(p, c)}<figcaption>{esc(c)}</figcaption></figure>" for p, c in figures) + "</div>")
@@ -95,7 +96,7 @@ def test_metrics(ctx: ReportContext) -> str | None:
 
 @register_section("Gallery: most confident correct and wrong predictions", order=50)
 def gallery(ctx: ReportContext) -> str | None:
-    frame = ctx.csv("plots/gallery/gallery.csv")
+    frame = ctx.csv(rundir.GALLERY_CSV)
     if frame is None or not len(frame):
         return None
     parts = ["<p>Heatmaps (Grad-CAM) show where the model looked for the class it predicted.</p>"]
@@ -110,7 +111,7 @@ def gallery(ctx: ReportContext) -> str | None:
         for _, row in rows.iterrows():
             caption = (f"#{row['rank']}: true {esc(row.label)}, predicted {esc(row.predicted)} "
                        f"({row.confidence:.2f}) &middot; {esc(row.path)}")
-            figures.append(f"<figure>{ctx.img('plots/gallery/' + str(row.png), str(row.path))}"
+            figures.append(f"<figure>{ctx.img(f'{rundir.GALLERY_DIR}/{row.png}', str(row.path))}"
                            f"<figcaption>{caption}</figcaption></figure>")
         parts.append('<div class="grid">' + "".join(figures) + "</div>")
     return "\n".join(parts)
@@ -118,7 +119,7 @@ def gallery(ctx: ReportContext) -> str | None:
 
 @register_section("Training diagnostics", order=60)
 def diagnostics(ctx: ReportContext) -> str | None:
-    base = "diagnostics/"
+    base = rundir.DIAGNOSTICS_DIR + "/"
     warnings = (ctx.text(base + "warnings.txt") or "").strip()
     has_any = any(ctx.exists(base + f) for f in ("summary.png", "grad_norm.csv", "stats.csv"))
     if not has_any and not warnings:
@@ -147,20 +148,20 @@ def diagnostics(ctx: ReportContext) -> str | None:
 
 @register_section("Architecture", order=70)
 def architecture(ctx: ReportContext) -> str | None:
-    text = ctx.text("architecture.txt")
-    if text is None and not ctx.exists("architecture.png"):
+    text = ctx.text(rundir.ARCHITECTURE_TEXT)
+    if text is None and not ctx.exists(rundir.ARCHITECTURE_GRAPH):
         return None
     parts = []
     if text:
         parts.append(f"<details open><summary>layers, output shapes and parameters</summary><pre>{esc(text)}</pre></details>")
-    if ctx.exists("architecture.png"):
+    if ctx.exists(rundir.ARCHITECTURE_GRAPH):
         parts.append(f"<details open><summary>graph</summary>{ctx.img('architecture.png', 'model graph', '700px')}</details>")
     return "\n".join(parts)
 
 
 @register_section("Configuration", order=90)
 def configuration(ctx: ReportContext) -> str | None:
-    text = ctx.text("config.yaml")
+    text = ctx.text(rundir.CONFIG)
     if text is None:
         return None
     return ("<p>Every setting of the run, resolved (repeat it with <code>--config config.yaml</code>):</p>"

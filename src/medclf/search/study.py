@@ -2,6 +2,7 @@
 the ranked trials table and the study plots."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -71,7 +72,13 @@ def mask_password(url: str) -> str:
 
 
 def open_storage(url: str):
-    """An Optuna RDB storage with heartbeats; a dead trial is failed and retried once.
+    """An Optuna ``RDBStorage`` with heartbeats: a trial whose worker stops beating for
+    ``GRACE_S`` seconds (killed, machine lost) is failed by the next worker that starts a
+    trial and retried once (:func:`retry_once` as Optuna's ``heartbeat_stale_trial_callback``).
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///searches/x/study.db`` or
+            ``postgresql+psycopg2://user:pw@host/db``.
 
     Raises:
         MedclfError: the database cannot be opened (the URL, password masked, is named).
@@ -92,18 +99,22 @@ def open_storage(url: str):
 def retry_once(study, trial) -> None:
     """Enqueue a failed (killed or interrupted) trial again with the same parameters, once.
 
-    Like Optuna's ``RetryFailedTrialCallback(max_retry=1)``, but the new trial does not
-    inherit the dead process's host, pid and run directory.
+    Optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)`` (the new trial is WAITING, with
+    system attributes ``failed_trial`` and ``retry_history``), given a copy of the trial without
+    the dead process's host, pid, run directory, error and interrupted flag, so the retry does
+    not inherit them. A trial that is itself a retry is not retried again.
+
+    Args:
+        study: the ``optuna.Study``.
+        trial: the failed ``optuna.trial.FrozenTrial``.
     """
     optuna = import_optuna()
-    history = list(trial.system_attrs.get("retry_history", []))
-    if history:  # already a retry: give up on it
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+    if retry.retry_history(trial):  # already a retry: give up on it
         return
-    system_attrs = {**trial.system_attrs, "failed_trial": trial.number, "retry_history": [trial.number]}
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _RUN_ATTRS}
-    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
-                                        distributions=trial.distributions, user_attrs=user_attrs,
-                                        system_attrs=system_attrs))
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _RUN_ATTRS}
+    retry(max_retry=1)(study, clean)
     log.warning("trial %d died; it is retried once with the same parameters", trial.number)
 
 
@@ -121,28 +132,79 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def recover_dead_trials(study) -> list[int]:
+def _bookkeeper(study, storage):
+    """The same study with a sampler that does nothing after a trial, for failing trials
+    outside ``study.optimize``: ``Study.tell`` calls ``sampler.after_trial``, and
+    ``GridSampler.after_trial`` calls ``study.stop()``, which raises outside ``optimize``."""
+    optuna = import_optuna()
+    return optuna.load_study(study_name=study.study_name, storage=storage,
+                             sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+
+
+def _fail(keeper, number: int):
+    """``keeper.tell(number, state=FAIL)``; None when the trial is finished already (another
+    worker failed it first), else the failed ``FrozenTrial``."""
+    optuna = import_optuna()
+    try:
+        return keeper.tell(number, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # "Cannot tell a FAIL trial", or a race
+        return None
+
+
+def recover_dead_trials(study, storage) -> list[int]:
     """Fail (and retry once) RUNNING trials whose worker on this host no longer exists.
 
-    Workers on other hosts are caught by the heartbeat (after ``GRACE_S`` seconds).
+    A trial's worker is the ``host`` and ``pid`` user attributes set when it starts. Workers on
+    other hosts are caught by Optuna's heartbeat (``optuna.storages.fail_stale_trials``, after
+    ``GRACE_S`` seconds without one), which is run here too.
+
+    Args:
+        study: the ``optuna.Study``.
+        storage: its storage (from :func:`open_storage`).
 
     Returns:
-        numbers of the trials that were failed.
+        numbers of the trials that were failed here (not those the heartbeat failed).
     """
     optuna = import_optuna()
     failed = []
+    keeper = None
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") != HOST or pid is None or pid == os.getpid() or _alive(int(pid)):
             continue
-        try:
-            if study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
-                failed.append(trial.number)
-                retry_once(study, study._storage.get_trial(trial._trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker got there first
+        keeper = keeper or _bookkeeper(study, storage)
+        dead = _fail(keeper, trial.number)
+        if dead is not None:
+            failed.append(trial.number)
+            retry_once(keeper, dead)
     optuna.storages.fail_stale_trials(study)
     return failed
+
+
+def fail_interrupted(study, storage, before: set[int]) -> None:
+    """After an interrupt (Ctrl-C, SIGTERM): fail this process's trials still RUNNING and
+    retry once each of its trials that failed (see :func:`retry_once`).
+
+    Best effort: any error is ignored, since a later ``medclf tune`` recovers the trial
+    (:func:`recover_dead_trials`).
+
+    Args:
+        study: the ``optuna.Study``.
+        storage: its storage (from :func:`open_storage`).
+        before: numbers of the trials that existed before this process's last ``optimize``.
+    """
+    optuna = import_optuna()
+    try:
+        keeper = _bookkeeper(study, storage)
+        for trial in study.get_trials(deepcopy=False):
+            if trial.number in before or trial.user_attrs.get("pid") != os.getpid():
+                continue
+            if trial.state == optuna.trial.TrialState.RUNNING:
+                trial = _fail(keeper, trial.number)
+            if trial is not None and trial.state == optuna.trial.TrialState.FAIL:
+                retry_once(keeper, trial)
+    except Exception:  # noqa: BLE001  (best effort while interrupted; a restart recovers it)
+        pass
 
 
 def build_sampler(name: str, space: SearchSpace, seed: int, n_trials: int):
@@ -182,21 +244,6 @@ def best_epoch(metrics_csv: Path, metric: str) -> dict:
     summary = {c: float(row[c]) for c in VAL_COLUMNS if c in row and pd.notna(row[c])}
     summary.update(best_epoch=int(row["epoch"]), epochs_run=int(len(frame)))
     return summary
-
-
-def fail_interrupted(study, before: set[int]) -> None:
-    optuna = import_optuna()
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number in before or trial.user_attrs.get("pid") != os.getpid():
-            continue
-        try:
-            if trial.state == optuna.trial.TrialState.RUNNING:
-                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-                study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.FAIL:
-                retry_once(study, study._storage.get_trial(trial._trial_id))
-        except Exception:  # noqa: BLE001  (best effort while interrupted; a restart recovers it)
-            pass
 
 
 def trials_table(study, metric: str) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, rundir
 from ..data.preprocess import preprocess_bytes
 from ..errors import ConfigError, MedclfError
 from .heatmap import gradcam_png
@@ -173,13 +173,13 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
              responses={404: ERRORS[404], 422: ERRORS[422], 200: {"content": {"image/png": {}}}}, tags=["runs"])
     def plot(run: str, filename: str):
         """A plot image of the run (learning curves, confusion matrix, ROC curves, ...)."""
-        return FileResponse(store.file(run, "plots", filename, (".png", ".svg", ".jpg")))
+        return FileResponse(store.file(run, rundir.PLOTS, filename, (".png", ".svg", ".jpg")))
 
     @app.get("/api/runs/{run}/report.html", response_class=FileResponse,
              responses={404: ERRORS[404], 422: ERRORS[422], 200: {"content": {"text/html": {}}}}, tags=["runs"])
     def report(run: str):
         """The run's report page, when it has one."""
-        response = FileResponse(store.file(run, "", "report.html", (".html",)), media_type="text/html")
+        response = FileResponse(store.file(run, "", rundir.REPORT, (".html",)), media_type="text/html")
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'")
         return response

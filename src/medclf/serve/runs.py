@@ -156,7 +156,7 @@ class RunStore:
                 epochs = pd.read_csv(run.path / rundir.METRICS).to_dict(orient="records")
             except (OSError, ValueError, pd.errors.ParserError) as err:
                 log.warning("cannot read %s: %s", run.path / rundir.METRICS, err)
-        plots_dir = run.path / "plots"
+        plots_dir = run.path / rundir.PLOTS
         plots = sorted(p.name for p in plots_dir.iterdir()
                        if p.is_file() and p.suffix.lower() in PLOT_SUFFIXES) if plots_dir.is_dir() else []
         base = f"/api/runs/{name}"
@@ -167,7 +167,7 @@ class RunStore:
             "epochs": epochs,
             "test_metrics": _read_json(run.path / rundir.TEST_METRICS),
             "plots": {p.rsplit(".", 1)[0]: f"{base}/plots/{p}" for p in plots},
-            "report": f"{base}/report.html" if (run.path / "report.html").is_file() else None,
+            "report": f"{base}/{rundir.REPORT}" if (run.path / rundir.REPORT).is_file() else None,
         })
 
     def model(self, name: str) -> LoadedRun:

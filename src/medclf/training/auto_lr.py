@@ -36,7 +36,7 @@ PER_CLASS = 64
 LR_BOUNDS = {"sgd": (1e-4, 1.0)}
 """Sane range of the chosen learning rate per optimiser; others use :data:`ADAPTIVE_BOUNDS`."""
 ADAPTIVE_BOUNDS = (1e-5, 1e-1)  # Adam, AdamW, RMSprop
-PLOT = "lr_range_test.png"
+PLOT = rundir.LR_RANGE_PLOT
 
 
 def planned_lr(plan: dict | None) -> float:

@@ -71,11 +71,11 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
     metrics record. ``n_train`` (training images) sets the EMA decay per step."""
     mode = MONITOR_MODES[cfg.train.monitor]
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_selection",
+        ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor="val_selection",
                         mode=mode, save_top_k=1, save_last=False, enable_version_counter=False),
         # last.ckpt after every epoch, for --resume (Lightning 2.6's save_last=True writes it
         # only in epochs where the best checkpoint was also written)
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+        ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
         MetricsCSV(run_dir / rundir.METRICS),
         EpochSeeder(cfg.seed),
@@ -97,7 +97,7 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
         precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
         gradient_clip_val=cfg.train.gradient_clip, callbacks=callbacks,
-        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        logger=TensorBoardLogger(str(run_dir), name=rundir.TENSORBOARD, version="", default_hp_metric=False),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
         reload_dataloaders_every_n_epochs=1,  # per-epoch seeded loaders (see EpochSeeder)

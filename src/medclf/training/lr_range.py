@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from lightning.pytorch.tuner import Tuner
 from torch import nn
 
+from .. import rundir
 from ..data.datamodule import ImageDataModule
 from ..io import atomic_write
 from .module import Classifier
@@ -65,6 +66,6 @@ def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_t
     if out is not None:
         figure = finder.plot(suggest=suggestion is not None)
         figure.axes[0].set_title("LR range test (Smith 2017)")
-        atomic_write(out / "lr_range_test.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+        atomic_write(out / rundir.LR_RANGE_PLOT, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
         plt.close(figure)
     return float(suggestion) if suggestion else None

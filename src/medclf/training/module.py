@@ -1,10 +1,13 @@
-"""The LightningModule: model, weighted cross-entropy, optimiser, schedule, epoch metrics."""
+"""The LightningModule: model, weighted cross-entropy, optimiser, schedule, epoch metrics, and
+:func:`roc_auc`, the project's one ROC AUC (re-exported by :mod:`medclf.evaluation.metrics`)."""
 from __future__ import annotations
 
 import math
 
 import lightning as L
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAUROC
@@ -134,8 +137,59 @@ def build_scheduler(optimizer, cfg, trainer):
     return {"scheduler": cosine, "interval": "step"}
 
 
+def roc_auc(y_true, probabilities) -> float:
+    """ROC AUC: binary AUC of class 1, or the one-vs-rest macro average of several classes;
+    NaN when the split lacks a class.
+
+    The absent-class rule: the AUC of a class needs positives and negatives, so a split in
+    which any of the ``K`` classes (``K = probabilities.shape[1]``) has no sample, or with
+    fewer than two classes, has no AUC: NaN, never an exception. Bootstrap intervals skip
+    such resamples (:func:`medclf.evaluation.clinical.bootstrap_ci`) and the training log
+    writes NaN for such an epoch.
+
+    Two implementations compute the same quantity, chosen by the input type:
+
+    * numpy arrays (or lists): scikit-learn's ``roc_auc_score`` in float64 (binary: the
+      score of class 1; several classes: ``multi_class='ovr', average='macro'``);
+    * torch tensors (the per-epoch training metrics): torchmetrics' ``MulticlassAUROC``
+      (exact, ``thresholds=None``; macro over the ``K`` one-vs-rest AUCs, which for two
+      classes is the binary AUC), computed in float32 on the CPU as ``metrics.csv`` has
+      always recorded it. It can differ from scikit-learn's value by float32 rounding,
+      and where near-equal probabilities rank differently by class 0 and by class 1.
+
+    Args:
+        y_true: int ``(N,)`` class indices in ``0..K-1``.
+        probabilities: float ``(N, K)`` class probabilities (rows summing to 1).
+
+    Returns:
+        the AUC in ``[0, 1]``, or NaN.
+
+    Raises:
+        ValueError: ``probabilities`` is not ``(N, K)`` or ``y_true`` not ``(N,)``
+            (from scikit-learn / torchmetrics).
+    """
+    if isinstance(probabilities, torch.Tensor):
+        labels = torch.as_tensor(y_true).cpu()
+        k = int(probabilities.shape[1])
+        if k < 2 or len(torch.unique(labels)) < k:
+            return math.nan
+        auroc = MulticlassAUROC(num_classes=k, average="macro", thresholds=None)
+        return float(auroc(probabilities.detach().cpu(), labels))
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities)
+    k = probabilities.shape[1]
+    if k < 2 or len(np.unique(y_true)) < k:
+        return math.nan
+    if k == 2:
+        return float(roc_auc_score(y_true, probabilities[:, 1]))
+    return float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
 def epoch_metrics(split: str, outputs, num_classes: int) -> dict[str, float]:
-    """Loss, accuracy, balanced accuracy and macro one-vs-rest ROC AUC over one epoch."""
+    """Loss, accuracy, balanced accuracy and macro one-vs-rest ROC AUC over one epoch.
+
+    ROC AUC is :func:`roc_auc` on the softmax probabilities (NaN when the epoch's split lacks
+    a class)."""
     logits = torch.cat([o[0] for o in outputs])
     labels = torch.cat([o[1] for o in outputs])
     loss = float(sum(o[2] for o in outputs) / len(labels))
@@ -144,9 +198,6 @@ def epoch_metrics(split: str, outputs, num_classes: int) -> dict[str, float]:
     result = {f"{split}_loss": loss,
               f"{split}_accuracy": float((preds == labels).float().mean()),
               f"{split}_balanced_accuracy": float(torch.stack(recalls).mean())}
-    if len(torch.unique(labels)) == num_classes:
-        auroc = MulticlassAUROC(num_classes=num_classes, average="macro", thresholds=None)
-        result[f"{split}_roc_auc"] = float(auroc(logits.softmax(dim=1).cpu(), labels.cpu()))
-    else:
-        result[f"{split}_roc_auc"] = float("nan")
+    # the project's one ROC AUC and absent-class rule (NaN when the split lacks a class)
+    result[f"{split}_roc_auc"] = roc_auc(labels.cpu(), logits.softmax(dim=1).cpu())
     return result

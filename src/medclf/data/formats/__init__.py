@@ -24,7 +24,7 @@ from .nifti import is_nifti, probe_nifti, read_nifti
 from .npz import is_npz_item, item_dims, probe_item, read_item
 
 __all__ = ["UnreadableImage", "source_format", "content_digest", "content_hash", "load_raw", "probe",
-           "pillow_size", "read_image"]
+           "read_image"]
 
 
 def source_format(path: str) -> str:
@@ -65,31 +65,37 @@ def content_digest(path: str) -> tuple[str, bytes | None]:
     return content_hash(data), data
 
 
-def load_raw(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, float, tuple[float, ...] | None]:
+def load_raw(path: str, *, in_channels: int = 1, window=None, max_pixels: int = 100_000_000,
+             size: tuple[int, int] | None = None,
+             data: bytes | None = None) -> tuple[np.ndarray, float, tuple[float, ...] | None]:
     """Read one dataset item at its own size, before resizing and normalisation.
 
     Args:
         path: an image file, a DICOM file, a DICOM series folder, a NIfTI file, or an npz
             item reference ``file.npz#split/index``.
-        config: the resolved configuration (``data`` and ``preprocess`` sections).
+        in_channels: channels of the result (1: gray, colour averaged to luma; 3: RGB, gray repeated).
+        window: intensity window of DICOM/NIfTI values: a preset name of
+            :data:`~medclf.data.formats.windowing.WINDOW_PRESETS`, ``'file'`` (DICOM),
+            ``[center, width]`` or None (see :mod:`.windowing`).
+        max_pixels: 2D images with more pixels are refused (decompression-bomb guard).
+        size: ``(H, W)`` in pixels that Pillow resizes 2D images to while decoding (cheapest),
+            or None to keep the file's size.
         data: the file's bytes if already read (2D images).
 
     Returns:
-        ``(array, full_scale, spacing)``: float32 ``(C, H, W)`` or ``(C, D, H, W)`` (2D
-        Pillow images are already resized to ``data.image_size``, see :func:`pillow_size`); the data type's full
-        scale for ``scale255``; the voxel spacing in mm per spatial axis, or None.
+        ``(array, full_scale, spacing)``: float32 ``(C, H, W)`` or ``(C, D, H, W)``; the data
+        type's full scale for ``scale255``; the voxel spacing in mm per spatial axis, or None.
 
     Raises:
         UnreadableImage: the item cannot be decoded (the message says why, without the path).
         OSError: the file cannot be read at all.
     """
     fmt = source_format(path)
-    window = config.preprocess.window
     if fmt == "image":
         if data is None:
             with open(path, "rb") as handle:
                 data = handle.read()
-        array, full_scale = read_image(data, pillow_size(config), config.data.in_channels, config.data.max_pixels)
+        array, full_scale = read_image(data, size, in_channels, max_pixels)
         return array, full_scale, None
     if fmt == "npz":
         stored = read_item(path)
@@ -97,15 +103,15 @@ def load_raw(path: str, config, data: bytes | None = None) -> tuple[np.ndarray, 
         array = np.asarray(stored, np.float32)
         array = np.moveaxis(array, -1, 0) if channels > 1 else array[None]
         full_scale = float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0
-        return _channels(array, config.data.in_channels), full_scale, None
+        return _channels(array, in_channels), full_scale, None
     if fmt == "nifti":
         array, spacing, _ = read_nifti(path, window)
-        return _channels(array[None], config.data.in_channels), _full_scale(array), spacing
+        return _channels(array[None], in_channels), _full_scale(array), spacing
     if fmt == "dicom-series":
         array, spacing, _ = dicom.read_dicom_series(path, window)
     else:
         array, spacing = dicom.read_dicom_file(path, window)
-    return _channels(array[None], config.data.in_channels), _full_scale(array), spacing
+    return _channels(array[None], in_channels), _full_scale(array), spacing
 
 
 def probe(path: str) -> dict:
@@ -123,15 +129,6 @@ def probe(path: str) -> dict:
     if fmt in ("dicom", "dicom-series"):
         return probe_dicom(path)
     return probe_image(path)
-
-
-def pillow_size(config) -> tuple[int, int] | None:
-    """The ``(H, W)`` Pillow resizes a 2D image to while decoding (bilinear, cheapest), or
-    None to decode at the file's size, for :func:`fit_to_size` to shrink by
-    ``preprocess.shrink='max'``."""
-    if config.preprocess.resize == "resize" and config.preprocess.shrink == "max":
-        return None
-    return tuple(config.data.image_size[-2:])
 
 
 def _channels(array: np.ndarray, in_channels: int) -> np.ndarray:
