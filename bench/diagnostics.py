@@ -38,12 +38,12 @@ def main() -> None:
 
     from medclf.config import deep_merge, parse_overrides, validate
     from medclf.data.datamodule import ImageDataModule
-    from medclf.data.sources.folder import discover
     from medclf.data.prepare import prepare_splits
+    from medclf.data.sources.folder import discover
     from medclf.models import create_model
     from medclf.plan import fingerprint, plan_config
-    from medclf.training.module import Classifier
     from medclf.training.fit import build_trainer, class_weights
+    from medclf.training.module import Classifier
 
     tree = deep_merge(parse_overrides(args.overrides),
                       {"train": {"max_epochs": args.epochs, "early_stopping": {"enabled": False}}})

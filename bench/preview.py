@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     args = parser.parse_args()
     from medclf.config import validate
-    from medclf.data.sources.folder import discover
     from medclf.data.morphology import apply_steps
+    from medclf.data.sources.folder import discover
     from medclf.plan import fingerprint, plan_config
     from medclf.preview import pick_samples, preview_manifest
 

@@ -43,8 +43,8 @@ def main() -> None:
                         help="base setting of the baseline and of every trial, e.g. data.image_size=[128,128]")
     args = parser.parse_args()
 
-    from medclf.commands.tune import tune
     from medclf.commands.train import train
+    from medclf.commands.tune import tune
 
     load_start = os.getloadavg()
     budget = [f"train.max_epochs={args.epochs}", *args.overrides]

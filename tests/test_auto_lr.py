@@ -9,12 +9,11 @@ import pytest
 import torch
 import yaml
 
-from medclf.training import lr_range
 from medclf.cli import main
+from medclf.commands.train import train
 from medclf.config import validate
 from medclf.models import create_model
-from medclf.training import auto_lr
-from medclf.commands.train import train
+from medclf.training import auto_lr, lr_range
 
 FAST = ["train.max_epochs=1", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
 

@@ -9,11 +9,10 @@ import pytest
 
 from medclf.cli import main
 from medclf.config import Config
-from medclf.data.sources.folder import discover, ignore_reason
-from medclf.data.prepare import prepare_splits
 from medclf.data.formats.image import read_image
-from medclf.errors import UnreadableImage
-from medclf.errors import BadFilesError
+from medclf.data.prepare import prepare_splits
+from medclf.data.sources.folder import discover, ignore_reason
+from medclf.errors import BadFilesError, UnreadableImage
 from medclf.testing.badfiles import png_bomb, write_corpus
 
 from conftest import make_dataset

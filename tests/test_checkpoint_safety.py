@@ -142,8 +142,9 @@ def test_predict_refuses_a_run_checkpoint_with_code(trained, tmp_path):
 
 
 def test_explain_refuses_a_run_checkpoint_with_code(trained, tmp_path):
-    from medclf.explain import explain_image
     import numpy as np
+
+    from medclf.explain import explain_image
     run, ckpt, marker = evil_run(trained, tmp_path, "best.ckpt")
     with pytest.raises(MedclfError) as err:
         explain_image(run, synthetic_image("disk", np.random.default_rng(0)))

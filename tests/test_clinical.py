@@ -8,8 +8,16 @@ from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
 from medclf.config import EvalConfig
-from medclf.evaluation.clinical import (apply_temperature, bootstrap_ci, calibration_error, choose_threshold,
-                                        clinical_metrics, fit_temperature, roc_auc, tta_views)
+from medclf.evaluation.clinical import (
+    apply_temperature,
+    bootstrap_ci,
+    calibration_error,
+    choose_threshold,
+    clinical_metrics,
+    fit_temperature,
+    roc_auc,
+    tta_views,
+)
 
 
 def fixed_binary(n=300, seed=0):
@@ -94,13 +102,77 @@ def test_bootstrap_ci_agrees_with_scipy():
     y, p = fixed_binary(n=400, seed=5)
     ours = bootstrap_ci(y, p, roc_auc, resamples=1000, seed=0)
     ref = bootstrap((y, p[:, 1]), lambda a, b: roc_auc_score(a, b), paired=True, vectorized=False,
-                    n_resamples=1000, method="percentile", random_state=1).confidence_interval
-    assert ours[0] == pytest.approx(ref.low, abs=0.015)
-    assert ours[1] == pytest.approx(ref.high, abs=0.015)
+                    n_resamples=1000, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert ours == pytest.approx([ref.low, ref.high], abs=1e-12)  # the same resamples, the same interval
+    other = bootstrap((y, p[:, 1]), lambda a, b: roc_auc_score(a, b), paired=True, vectorized=False,
+                      n_resamples=1000, method="percentile", rng=np.random.default_rng(1)).confidence_interval
+    assert ours[0] == pytest.approx(other.low, abs=0.015) and ours[1] == pytest.approx(other.high, abs=0.015)
     assert ours[0] < roc_auc(y, p) < ours[1]
     assert bootstrap_ci(y, p, roc_auc, resamples=1000, seed=0) == ours  # seeded
+    assert bootstrap_ci(y, p, roc_auc, resamples=1000, seed=1) != ours
     narrow = bootstrap_ci(*fixed_binary(n=4000, seed=6), roc_auc, resamples=300, seed=0)
     assert narrow[1] - narrow[0] < ours[1] - ours[0]
+
+
+def test_bca_interval_is_scipys_bca():
+    y, p = fixed_binary(n=120, seed=10)
+    ours = bootstrap_ci(y, p, roc_auc, resamples=500, seed=3, method="bca")
+    ref = bootstrap((y, p[:, 1]), lambda a, b: roc_auc_score(a, b), paired=True, vectorized=False,
+                    n_resamples=500, method="BCa", rng=np.random.default_rng(3)).confidence_interval
+    assert ours == pytest.approx([ref.low, ref.high], abs=1e-12)
+    percentile = bootstrap_ci(y, p, roc_auc, resamples=500, seed=3)
+    assert ours != percentile  # BCa shifts the interval of this skewed statistic
+    with pytest.raises(ValueError, match="bootstrap method 'studentized'"):
+        bootstrap_ci(y, p, roc_auc, resamples=10, method="studentized")
+
+
+def test_bootstrap_skips_resamples_that_lack_a_class():
+    # one positive among 30: about a third of the resamples have none, and no ROC AUC
+    y = np.zeros(30, dtype=int)
+    y[7] = 1
+    p1 = np.linspace(0.05, 0.95, 30)
+    p = np.stack([1 - p1, p1], axis=1)
+    ours = bootstrap_ci(y, p, roc_auc, resamples=400, seed=2)
+    # the rule by hand: the same resamples (numpy's generator, row indices with replacement),
+    # the AUC of those with both classes, and the percentile interval of those values
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(0, 30, 30) for _ in range(400)]
+    values = [roc_auc_score(y[r], p1[r]) for r in rows if 0 < y[r].sum() < 30]
+    assert 100 < 400 - len(values) < 200  # many resamples were skipped
+    assert ours == pytest.approx(list(np.quantile(values, [0.025, 0.975])), abs=1e-12)
+    assert np.isfinite(bootstrap_ci(y, p, roc_auc, resamples=400, seed=2, method="bca")).all()
+    # no resample with both classes: no interval, as before
+    assert bootstrap_ci(np.ones(5, dtype=int), p[:5], roc_auc, resamples=50) is None
+    assert bootstrap_ci(y, p, roc_auc, resamples=0) is None
+    # one row: every resample is that row
+    assert bootstrap_ci(np.array([1]), np.array([0.25]), lambda a, b: float(b.mean()), resamples=5) == [0.25, 0.25]
+
+
+def test_bootstrap_method_reaches_the_metrics():
+    y, p = fixed_binary(n=150, seed=11)
+    percentile = clinical_metrics(y, p, ["neg", "pos"], EvalConfig(bootstrap=200))
+    bca = clinical_metrics(y, p, ["neg", "pos"], EvalConfig(bootstrap=200), bootstrap_method="bca")
+    assert percentile["bootstrap"]["method"] == "percentile" and bca["bootstrap"]["method"] == "bca"
+    assert percentile["roc_auc_ci"] == bootstrap_ci(y, p, roc_auc, 200, 0)
+    assert bca["roc_auc_ci"] == bootstrap_ci(y, p, roc_auc, 200, 0, method="bca") != percentile["roc_auc_ci"]
+
+
+def test_one_roc_auc_rule_for_evaluation_and_training():
+    from medclf.evaluation.metrics import roc_auc as metrics_roc_auc
+    from medclf.training.module import epoch_metrics
+    from medclf.training.module import roc_auc as training_roc_auc
+    assert roc_auc is metrics_roc_auc is training_roc_auc
+    y, p = fixed_multiclass(n=90, seed=12)
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p, multi_class="ovr"), abs=1e-12)
+    lacking = y != 2  # class 2 absent
+    assert np.isnan(roc_auc(y[lacking], p[lacking]))
+    assert np.isnan(roc_auc(np.zeros(4, dtype=int), np.full((4, 1), 1.0)))  # one class: no AUC
+    logits = torch.log(torch.tensor(p, dtype=torch.float32))
+    labels = torch.tensor(y)
+    epoch = epoch_metrics("val", [(logits, labels, torch.tensor(1.0))], 3)
+    assert epoch["val_roc_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr"), abs=1e-5)
+    epoch = epoch_metrics("val", [(logits[lacking], labels[lacking], torch.tensor(1.0))], 3)
+    assert np.isnan(epoch["val_roc_auc"])
 
 
 def test_ece_and_mce_match_torchmetrics():

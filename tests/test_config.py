@@ -3,6 +3,7 @@ import pytest
 from medclf.config import Config, parse_overrides, user_settings, validate
 from medclf.errors import ConfigError
 
+
 def resolve(config_file=None, overrides=None):
     """The user's settings validated without a dataset plan (defaults for the rest)."""
     return validate(user_settings(config_file, overrides))

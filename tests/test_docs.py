@@ -12,9 +12,10 @@ from typing import Literal, Optional
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import ROOT, needs_chromium
 from medclf import docgen
 from medclf.config import Config
+
+from conftest import ROOT, needs_chromium
 
 
 def test_every_configuration_key_has_a_description():
@@ -164,7 +165,7 @@ def test_site_builds_strictly_offline(built_site):
     cli = (site / "reference" / "cli.html").read_text()
     for name in docgen.subcommand_names():
         assert f'id="medclf-{name}"' in cli
-    api = (site / "reference" / "api" / "training.html").read_text()
+    api = (site / "reference" / "api" / "commands.html").read_text()
     assert "medclf.commands.train.train" in api and "Raises" in api  # docstrings rendered
     settings = (site / "guide" / "settings.html").read_text()
     assert "{{ config" not in settings and "Peak learning rate" in settings

@@ -46,11 +46,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA, missing, require_data, strict
-
 from medclf import docgen
 from medclf.cli import build_parser
 from medclf.errors import MedclfError
+
+from conftest import ROOT, SHARED_DATA, missing, require_data, strict
 
 DOCS = ROOT / "docs"
 PAGES = [DOCS / "getting-started.md", *sorted((DOCS / "tutorials").glob("*.md"))]
@@ -85,6 +85,7 @@ def _probe_nifti() -> bool:
 
     import nibabel as nib
     import numpy as np
+
     from medclf.data.sources.folder import discover
     with tempfile.TemporaryDirectory() as tmp:
         for split, n in (("train", 6), ("test", 2)):

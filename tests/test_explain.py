@@ -58,34 +58,81 @@ def test_gradcampp_and_occlusion_peak_on_the_blob(blob_model):
             assert distance <= 2 * radius, f"{method}: maximum {peak} is {distance:.1f} from the blob"
 
 
-def test_volume_explanation_writes_three_slices_and_aligned_nifti(tmp_path):
-    dims, size, radius, model = trained(3)
+def evidence_net_3d() -> torch.nn.Module:
+    """1x1x1 convolution (weight 1) -> ReLU -> global average -> logits (-x, +x): the evidence for
+    class 1 ('blob') is exactly the bright voxels, so its Grad-CAM peaks on the brightest spot."""
+    conv = torch.nn.Conv3d(1, 1, 1, bias=False)
+    head = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+    return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),
+                               head).eval()
+
+
+def test_volume_heatmap_lines_up_with_the_blob_on_every_axis(tmp_path):
+    """A NIfTI volume whose affine is neither identity nor RAS holds one bright blob, off-centre
+    and at a different place on each axis; the model's evidence is that blob. The heatmap's
+    maximum must lie on the blob along EACH axis, on the model's grid (RAS+, as the model saw
+    the volume) and in the written NIfTI heatmap, mapped back into the input volume's voxels.
+
+    Tolerance: 3 voxels of the 32-voxel grid per axis (3/32 of the axis in the written NIfTI).
+    A peak at a uniformly random voxel passes one axis with p <= 7/32 and all three with
+    p <= (7/32)^3 ~ 1.0 %."""
+    import io
+
     import nibabel as nib
     from PIL import Image
-    from medclf.explain.explain import write_heatmap_nifti
-    images, labels, masks = blob_images(2, 3, size, radius, seed=3)
-    volume = (images[1, 0].numpy() * 1000).astype(np.int16)  # a raw CT-like volume
-    volume = np.repeat(volume, 2, axis=2)  # anisotropic: (16, 16, 32) before resizing
-    affine = np.diag([0.8, 0.8, 0.4, 1.0])
+
+    from medclf.explain import write_heatmap_nifti
+    grid, tolerance = 32, 3
+    # stored axes: 0 -> inferior (2 mm), 1 -> left (0.8 mm), 2 -> anterior (1 mm): RAS+ reading
+    # permutes the axes to (1, 2, 0) and flips two of them
+    affine = np.array([[0.0, -0.8, 0.0, 20.0], [0.0, 0.0, 1.0, -30.0], [-2.0, 0.0, 0.0, 40.0],
+                       [0.0, 0.0, 0.0, 1.0]])
+    stored_shape = np.array([24, 40, 48])
+    blob = np.array([4.0, 29.0, 31.0])  # stored voxel indices: (0.26, 0.66, 0.81) of RAS+ (X, Y, Z)
+    rng = np.random.default_rng(0)
+    volume = rng.normal(100, 20, stored_shape)
+    grids = np.meshgrid(*[np.arange(n) for n in stored_shape], indexing="ij")
+    volume += 1500 * np.exp(-sum((g - c) ** 2 for g, c in zip(grids, blob)) / (2 * 2.0 ** 2))
     path = tmp_path / "case.nii.gz"
-    nib.save(nib.Nifti1Image(volume, affine), str(path))
-    cfg = Config.model_validate({"model": {"spatial_dims": 3}, "data": {"image_size": [size] * 3},
-                                 "preprocess": {"normalization": "minmax"}})
-    result = Explainer(model, cfg, ["empty", "blob"]).explain(path, "blob")
-    assert result.heatmap.shape == (size,) * 3
-    figure = Image.open(__import__("io").BytesIO(result.png))
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), path)
+
+    # where the blob is in the model's RAS+ grid, from nibabel's own reorientation
+    canonical = nib.as_closest_canonical(nib.load(path))
+    ras_blob = (np.linalg.inv(canonical.affine) @ affine @ [*blob, 1])[:3]
+    ras_shape = np.array(canonical.shape)
+    expected = (ras_blob + 0.5) * grid / ras_shape - 0.5  # voxel centres, resized to the grid
+    fractions = (expected + 0.5) / grid
+    assert np.all(np.abs(np.diff(np.sort(fractions))) > 0.1)  # a different place on each axis
+    assert np.all(np.abs(fractions - 0.5) * grid > tolerance)  # and off-centre by more than the tolerance
+    not_reoriented = (blob + 0.5) * grid / stored_shape - 0.5
+    assert np.abs(not_reoriented - expected).max() > tolerance  # reading it RAS+ matters: not doing so fails
+
+    cfg = Config.model_validate({"model": {"spatial_dims": 3}, "data": {"image_size": [grid] * 3}})
+    result = Explainer(evidence_net_3d(), cfg, ["empty", "blob"]).explain(path, "blob")
+    assert result.heatmap.shape == (grid,) * 3
+    peak = np.array(np.unravel_index(np.argmax(result.heatmap), result.heatmap.shape))
+    assert np.all(np.abs(peak - expected) <= tolerance), f"heatmap peak {peak}, blob at {expected.round(1)}"
+    figure = Image.open(io.BytesIO(result.png))
     assert figure.height > figure.width * 0.8  # three rows: axial, coronal, sagittal
+
+    # the written heatmap: the RAS+ shape and affine, and its peak maps onto the input's blob
     saved = nib.load(str(write_heatmap_nifti(result, tmp_path / "heat.nii.gz")))
-    assert saved.shape == volume.shape
-    np.testing.assert_allclose(saved.affine, affine)
+    assert saved.shape == tuple(ras_shape)
+    np.testing.assert_allclose(saved.affine, canonical.affine)
     heat = np.asarray(saved.dataobj)
-    peak = np.unravel_index(np.argmax(heat), heat.shape)
-    centre = np.argwhere(np.repeat(masks[1], 2, axis=2)).mean(axis=0)
-    assert abs(peak[0] - centre[0]) <= 2 * radius and abs(peak[2] - centre[2]) <= 4 * radius
+    saved_peak = np.unravel_index(np.argmax(heat), heat.shape)
+    in_input = (np.linalg.inv(affine) @ saved.affine @ [*saved_peak, 1])[:3]  # input voxel indices
+    allowed = tolerance * stored_shape / grid
+    assert np.all(np.abs(in_input - blob) <= allowed), \
+        f"NIfTI heatmap peak at input voxel {in_input.round(1)}, blob at {blob}, allowed {allowed}"
 
 
 def test_target_layer_is_the_last_convolutional_block():
     from monai.networks.nets import DenseNet121, resnet18
+
     from medclf.models.small_cnn import SmallCNN
     assert find_target_layer(SmallCNN(2, 1, 2, filters=[8, 16]), torch.zeros(1, 1, 32, 32)) == "features"
     assert find_target_layer(resnet18(spatial_dims=2, n_input_channels=1, num_classes=2),
@@ -138,6 +185,7 @@ def test_explain_errors_are_clear(tiny_run, tmp_path, capsys):
 
 def test_gallery_of_most_confident_correct_and_wrong(tiny_run):
     import pandas as pd
+
     from medclf.explain.gallery import select_gallery
     gallery = pd.read_csv(tiny_run / "plots" / "gallery" / "gallery.csv")
     predictions = pd.read_csv(tiny_run / "predictions.csv")

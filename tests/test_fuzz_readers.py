@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medclf.data.formats.image import read_image
-from medclf.errors import UnreadableImage
-from medclf.errors import MedclfError
+from medclf.errors import MedclfError, UnreadableImage
 
 EXAMPLES = int(os.environ.get("MEDCLF_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=10_000, derandomize=EXAMPLES <= 200, database=None,

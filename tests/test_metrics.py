@@ -34,3 +34,30 @@ def test_binary_auc_uses_the_positive_class_and_missing_class_gives_nan():
     assert m["roc_auc"] == pytest.approx(0.75)
     only_one = classification_metrics(np.array([0, 0]), probs[:2], ["neg", "pos"])
     assert np.isnan(only_one["roc_auc"])
+
+
+def test_per_class_auc_is_one_vs_rest_and_nan_for_an_absent_class():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 60)
+    p = rng.dirichlet(np.ones(3), 60)
+    m = classification_metrics(y, p, ["a", "b", "c"])
+    for c, name in enumerate("abc"):
+        assert m["roc_auc_per_class"][name] == pytest.approx(roc_auc_score(y == c, p[:, c]), abs=1e-12)
+    lacking = classification_metrics(y[y != 1], p[y != 1], ["a", "b", "c"])
+    assert np.isnan(lacking["roc_auc"]) and np.isnan(lacking["roc_auc_per_class"]["b"])
+    assert lacking["roc_auc_per_class"]["a"] == pytest.approx(roc_auc_score(y[y != 1] == 0, p[y != 1, 0]))
+
+
+def test_training_auc_is_torchmetrics_as_metrics_csv_always_recorded_it():
+    # the per-epoch ROC AUC (tensors) keeps torchmetrics' float32 computation bit for bit
+    import torch
+    from torchmetrics.classification import MulticlassAUROC
+
+    from medclf.training.module import epoch_metrics
+    rng = np.random.default_rng(4)
+    for k in (2, 3):
+        logits = torch.tensor(rng.normal(size=(50, k)) * 0.01, dtype=torch.float32)
+        labels = torch.tensor(rng.integers(0, k, 50))
+        expected = float(MulticlassAUROC(num_classes=k, average="macro", thresholds=None)(logits.softmax(1), labels))
+        got = epoch_metrics("train", [(logits, labels, torch.tensor(1.0))], k)["train_roc_auc"]
+        assert got == expected

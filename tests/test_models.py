@@ -28,7 +28,8 @@ def test_small_cnn_options_change_the_network():
     base = create_model(ModelConfig(filters=[8, 16], blocks_per_stage=1), 3, 2)
     wider = create_model(ModelConfig(filters=[8, 32], blocks_per_stage=2, kernel_size=5,
                                      activation="elu", norm="instance"), 3, 2)
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
     assert count(wider) > count(base)
     assert any(isinstance(m, torch.nn.ELU) for m in wider.modules())
     assert wider(torch.randn(1, 3, 40, 40)).shape == (1, 2)

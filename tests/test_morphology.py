@@ -11,6 +11,7 @@ from medclf.data.preprocess import preprocess_file
 
 from conftest import make_dataset, synthetic_image
 
+
 def resolve(config_file=None, overrides=None):
     """The user's settings validated without a dataset plan (defaults for the rest)."""
     return validate(user_settings(config_file, overrides))

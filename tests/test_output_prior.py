@@ -10,8 +10,8 @@ import torch
 
 import medclf
 from medclf import rundir
-from medclf.data.preprocess import preprocess_all
 from medclf.config import Config, ModelConfig, TrainConfig
+from medclf.data.preprocess import preprocess_all
 from medclf.errors import ConfigError
 from medclf.evaluation.predict import load_model
 from medclf.models import create_model

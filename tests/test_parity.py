@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from test_volumes import blob_volume, write_npz
 
 import medclf
 from medclf.commands.predict import predict_files
@@ -16,8 +17,7 @@ from medclf.data.preprocess import fit_to_size, preprocess_bytes, preprocess_fil
 from medclf.explain import explain_image, read_input
 from medclf.rundir import load_run
 
-from conftest import SHARED_DATA
-from test_volumes import blob_volume, write_npz
+from conftest import COVID, needs_data
 
 TOLERANCE = 1e-5
 # a NIfTI affine that is neither identity nor RAS: array axis 0 runs inferior (2 mm), axis 1
@@ -30,11 +30,12 @@ NON_RAS_AFFINE = np.array([[0.0, -0.8, 0.0, 20.0],
 
 @pytest.fixture(scope="module")
 def volume_run(tmp_path_factory):
-    """A 3D run trained for one epoch on generated 16^3 npz volumes; ``(run_dir, npz)``."""
+    """A 3D run trained for one epoch on generated 16^3 npz volumes; ``(run_dir, npz)``.
+    No bootstrap, gallery or test-time augmentation: they cost time and no parity."""
     root = tmp_path_factory.mktemp("parity3d")
-    npz = write_npz(root / "blobs3d.npz", sizes=(("train", 16), ("val", 8), ("test", 8)))
-    result = medclf.train(npz, overrides=["train.max_epochs=1"], out=root / "runs", name="vol",
-                          progress=False)
+    npz = write_npz(root / "blobs3d.npz", sizes=(("train", 12), ("val", 6), ("test", 6)))
+    result = medclf.train(npz, out=root / "runs", name="vol", progress=False, overrides=[
+        "train.max_epochs=1", "eval.bootstrap=0", "eval.tta=false", "explain.gallery_size=0"])
     return result.run_dir, npz
 
 
@@ -48,6 +49,7 @@ def by_predict(run_dir, path) -> dict:
 def by_service(run_dir, name: str, data: bytes) -> dict:
     """Probabilities of ``POST /api/runs/<run>/predict`` for uploaded bytes."""
     from fastapi.testclient import TestClient
+
     from medclf.serve import create_app
     client = TestClient(create_app(run_dir.parent))
     response = client.post(f"/api/runs/{run_dir.name}/predict", files={"file": (name, data)})
@@ -65,18 +67,10 @@ def assert_same(**sources: dict) -> None:
                 f"p({cls}): {name} {probs[cls]:.7f} vs {first_name} {first[cls]:.7f}"
 
 
-def real_xray():
-    for folder in (SHARED_DATA / "covid19-xray" / "test", SHARED_DATA / "chest-xray-pneumonia" / "test"):
-        if folder.is_dir():
-            files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in (".png", ".jpeg", ".jpg"))
-            if files:
-                return files[0]
-    pytest.skip(f"no real X-ray found under {SHARED_DATA}")
-
-
+@needs_data(COVID / "test" / "Covid")
 def test_png_xray_parity(tiny_run, tmp_path):
     path = tmp_path / "xray.png"
-    Image.open(real_xray()).save(path)  # a real X-ray, as PNG
+    Image.open(sorted((COVID / "test" / "Covid").glob("*.jp*g"))[0]).save(path)  # a real X-ray, as PNG
     explained = explain_image(tiny_run, path).probabilities
     assert_same(explain=explained, predict=by_predict(tiny_run, path),
                 service=by_service(tiny_run, "xray.png", path.read_bytes()))
@@ -120,7 +114,7 @@ def test_nifti_window_and_spacing_are_applied_as_in_training(volume_run, tmp_pat
     nib.save(nib.Nifti1Image(volume, NON_RAS_AFFINE), path)
     config = load_run(run_dir).config.model_copy(deep=True)
     config.preprocess.window, config.preprocess.spacing = [40.0, 400.0], [1.5, 1.5, 1.5]
-    config.preprocess.normalization, config.data.cache = "none", "off"
+    config.preprocess.normalization, config.data.cache = "none", "none"
     image = read_input(path, config).image
     np.testing.assert_array_equal(image, preprocess_file(str(path), config)[0])
     np.testing.assert_array_equal(image, preprocess_bytes(path.read_bytes(), config, name="ct.nii.gz"))

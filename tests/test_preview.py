@@ -4,11 +4,12 @@ import numpy as np
 from PIL import Image
 
 from medclf.cli import main
-from medclf.config import user_settings, validate
 from medclf.commands.preview import preview
+from medclf.config import user_settings, validate
 from medclf.preview import Sample, display_array, render_preview
 
 from conftest import COVID, make_dataset, needs_data
+
 
 def resolve(config_file=None, overrides=None):
     """The user's settings validated without a dataset plan (defaults for the rest)."""

@@ -6,10 +6,9 @@ import torch
 from medclf.config import ModelConfig
 from medclf.errors import ConfigError
 from medclf.explain.cam import Saliency, find_target_layer
-from medclf.models import create_model
+from medclf.models import create_model, load_weights
 from medclf.models.prior import apply_output_prior
 from medclf.models.projection import ProjectionCNN, VolumeAndProjections, axis_projections
-from medclf.models import load_weights
 
 VOLUME_3D = dict(spatial_dims=3, filters=[8, 16], blocks_per_stage=1, stem_kernel_size=3, stem_stride=1,
                  stem_pool=False, downsample="maxpool", projection_filters=[8, 16])

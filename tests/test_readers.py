@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from medclf.config import Config
-from medclf.data.preprocess import normalize, preprocess_all, settings_key
 from medclf.data.formats.image import read_image
+from medclf.data.preprocess import normalize, preprocess_all, settings_key
 from medclf.errors import UnreadableImage
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from medclf.cli import main
+from medclf.commands.sanity import sanity
 from medclf.config import validate
 from medclf.models import create_model
-from medclf.commands.sanity import sanity
 
 from conftest import COVID, require_data
 

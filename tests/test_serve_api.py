@@ -258,6 +258,7 @@ def test_report_is_served_when_the_run_has_one(client, runs_dir):
 
 def test_a_2d_upload_to_a_3d_run_gets_422(client, runs_dir, tmp_path):
     import shutil
+
     import yaml
     run3d = runs_dir / "volumes"
     shutil.copytree(runs_dir / "tiny", run3d)
@@ -267,6 +268,7 @@ def test_a_2d_upload_to_a_3d_run_gets_422(client, runs_dir, tmp_path):
     (run3d / "config.yaml").write_text(yaml.safe_dump(config))
     for ckpt in (run3d / "checkpoints").iterdir():  # weights of a 3D small_cnn of the same widths
         import torch
+
         from medclf.config import validate
         from medclf.models import create_model
         model = create_model(validate(config).model.model_copy(update={"weights": None}), 1, 2)

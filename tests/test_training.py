@@ -7,8 +7,9 @@ from medclf.cli import main
 from medclf.config import Config, user_settings, validate
 from medclf.data.datamodule import ImageDataModule
 from medclf.models import register_model
-from medclf.training.module import Classifier, build_scheduler
 from medclf.training.fit import class_weights
+from medclf.training.module import Classifier, build_scheduler
+
 
 def resolve(config_file=None, overrides=None):
     """The user's settings validated without a dataset plan (defaults for the rest)."""

@@ -9,12 +9,12 @@ import yaml
 
 import medclf
 from medclf.config import Config
-from medclf.data.sources import discover_source
-from medclf.data.sources.folder import discover
-from medclf.data.sources.medmnist import discover_npz, resolve
 from medclf.data.formats.nifti import read_nifti
 from medclf.data.prepare import prepare_splits
 from medclf.data.preprocess import preprocess_all
+from medclf.data.sources import discover_source
+from medclf.data.sources.folder import discover
+from medclf.data.sources.medmnist import discover_npz, resolve
 from medclf.errors import BadFilesError, DataError
 from medclf.plan import fingerprint, plan_config
 
@@ -221,9 +221,11 @@ def test_max_shrink_keeps_thin_structures_of_masks(tmp_path):
     cfg.data.image_size = [20, 20, 20]
     assert fit_to_size(mask, cfg).shape == (1, 20, 20, 20)
     # 2D images from files: decoded at full size, then max-pooled
-    from PIL import Image
-    from medclf.data.preprocess import preprocess_bytes
     import io
+
+    from PIL import Image
+
+    from medclf.data.preprocess import preprocess_bytes
     line = np.zeros((64, 64), np.uint8)
     line[21, :] = 255
     buffer = io.BytesIO()

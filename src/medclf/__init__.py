@@ -17,7 +17,7 @@ import os
 # Must be set before torch is first imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402  (after the OpenMP setting above)
 
 __all__ = ["train", "evaluate", "predict", "__version__"]
 

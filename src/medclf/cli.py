@@ -21,7 +21,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medclf", description=__doc__.splitlines()[0])
-    from . import __version__
+    from .version import __version__
     parser.add_argument("--version", action="version", version=f"medclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -15,8 +15,8 @@ import yaml
 from annotated_types import Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .data.morphology import PreprocessStep
 from .data.formats.windowing import WINDOW_PRESETS  # noqa: F401  (re-exported for users of the config)
+from .data.morphology import PreprocessStep
 from .errors import ConfigError
 
 

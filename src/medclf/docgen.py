@@ -474,7 +474,7 @@ def import_contracts_markdown(pyproject: str | Path) -> str:
             for number, layer in enumerate(contract["layers"], 1):
                 modules = _modules_of_layer(layer)
                 placed.update(modules)
-                joiner = " \| " if "|" in layer else ", "
+                joiner = r" \| " if "|" in layer else ", "
                 out.append(f"| {number} | {joiner.join(f'`{m}`' for m in modules)} |")
             out += ["", "A module imports only from layers with a higher number than its own"
                     + (" (modules separated by `|` share a layer and do not import each other)." if siblings

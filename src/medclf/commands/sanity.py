@@ -41,6 +41,7 @@ from ..models import create_model
 from ..plan import plan_run
 from ..training.auto_lr import planned_lr
 from ..training.lr_range import lr_range_test
+from ..training.optim import build_optimizer
 
 log = logging.getLogger("medclf")
 
@@ -202,7 +203,8 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
 
     # 5. overfit a small subset
     model.load_state_dict(initial_state)
-    fit = overfit(model, images, labels, cfg, max_steps, len(labels))  # one fixed batch: the subset
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    fit = overfit(model, optimizer, images, labels, cfg, max_steps, len(labels))  # one fixed batch: the subset
     report.loss_curve = fit["losses"]
     detail = (f"{len(labels)} images ({per_class} per class), augmentation and dropout off: "
               f"training accuracy {fit['accuracy']:.0%}, loss {fit['loss']:.3f} after {fit['steps']} steps "

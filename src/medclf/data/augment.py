@@ -11,8 +11,15 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.transforms import (Compose, RandAffine, RandFlip, RandGaussianNoise, RandRotate90,
-                              RandScaleIntensity, RandShiftIntensity)
+from monai.transforms import (
+    Compose,
+    RandAffine,
+    RandFlip,
+    RandGaussianNoise,
+    RandRotate90,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
 from torch.nn import functional as F
 
 

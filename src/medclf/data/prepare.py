@@ -6,8 +6,8 @@ import pandas as pd
 import torch
 
 from ..errors import DataError
-from .sources import Manifest
 from .preprocess import check_bad_files, preprocess_all
+from .sources import Manifest
 
 
 def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tuple[str, str]]]:

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRangePercentiles
 
-from ..errors import BadFilesError
+from ..errors import BadFilesError, UnreadableImage
 from ..io import atomic_write
-from .morphology import apply_steps
-from ..errors import UnreadableImage
 from .formats import content_digest, load_raw, read_image
 from .formats.dicom import has_dicom_magic
+from .morphology import apply_steps
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 

@@ -11,7 +11,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.sources import Manifest
-from ..training.optim import build_optimizer
 from .callbacks import dead_fraction
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.PReLU, nn.SELU, nn.SiLU, nn.ReLU6, nn.Tanh,
@@ -69,7 +68,8 @@ def gradient_norms(model: nn.Module) -> dict[str, float]:
             for name, p in model.named_parameters() if p.requires_grad}
 
 
-def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, max_steps: int,
+def overfit(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, cfg,
+            max_steps: int,
             batch_size: int) -> dict:
     """Train on a fixed small set with plain cross-entropy until 100 % accuracy and loss < 0.05.
 
@@ -77,6 +77,7 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
     so that the training-mode accuracy it measures sees the same batch statistics).
 
     Args:
+        optimizer: the optimiser of ``model``'s parameters (``medclf.training.optim.build_optimizer``).
         images: ``(N, C, *spatial)``; labels: ``(N,)`` class indices.
         max_steps: step budget.
 
@@ -87,7 +88,6 @@ def overfit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg, m
         ``update_ratio`` (mean over the first 5 steps of the median ||update|| / ||weight||
         of the weight tensors).
     """
-    optimizer = build_optimizer(model.parameters(), cfg.train)
     generator = torch.Generator().manual_seed(cfg.seed)
     losses, result = [], {"reached": False, "nonfinite_step": None, "accuracy": 0.0, "loss": math.nan,
                           "stalled": False}

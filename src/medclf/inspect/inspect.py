@@ -19,8 +19,7 @@ from PIL import Image, ImageOps
 from ..data.formats import content_digest, content_hash, load_raw, probe, source_format
 from ..data.sources import Manifest
 from ..errors import UnreadableImage
-from .duplicates import (MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups,
-                         near_duplicate_pairs, thumbnail)
+from .duplicates import MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups, near_duplicate_pairs, thumbnail
 
 BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
              "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}

@@ -11,7 +11,6 @@ from typing import Callable
 
 import pandas as pd
 
-
 _MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
          ".svg": "image/svg+xml"}
 

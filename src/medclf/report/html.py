@@ -19,7 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-
 from ..io import write_text
 from ..rundir import REPORT, load_run
 from . import sections  # noqa: F401  (registers the built-in sections)

@@ -172,7 +172,8 @@ def recover_dead_trials(study, storage) -> list[int]:
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") != HOST or pid is None or pid == os.getpid() or _alive(int(pid)):
             continue
-        keeper = keeper or _bookkeeper(study, storage)
+        if keeper is None:
+            keeper = _bookkeeper(study, storage)
         dead = _fail(keeper, trial.number)
         if dead is not None:
             failed.append(trial.number)

@@ -28,9 +28,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, rundir
+from .. import rundir
 from ..data.preprocess import preprocess_bytes
 from ..errors import ConfigError, MedclfError
+from ..version import __version__
 from .heatmap import gradcam_png
 from .runs import LoadedRun, RunNotFound, RunStore
 

@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import UnreadableImage
+
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError)
+"""What Pillow and the codecs it calls raise for damaged or hostile bytes: ``OSError``
+(e.g. "image file is truncated", "broken data stream"; also ``UnidentifiedImageError``),
+``SyntaxError`` (bad PNG chunks, "not a TIFF file"), ``ValueError``, ``EOFError``,
+``struct.error`` and ``zlib.error`` (short or corrupt headers and streams), and ``IndexError``
+/ ``KeyError`` (tables indexed by values read from the file, e.g. TIFF tags, palettes).
+Anything else, e.g. a ``TypeError``, ``NameError`` or ``AssertionError`` of our own
+conversion code, is a bug and propagates instead of being reported as a damaged file."""
+
+PILLOW_DECODE_ERRORS = (*DECODER_ERRORS, TypeError)
+"""While Pillow alone opens and decodes a file (:func:`_decode`), ``TypeError`` too: Pillow's
+TIFF reader raises it for damaged headers (e.g. "Missing dimensions")."""
 
 
 def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
@@ -32,8 +47,8 @@ def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
         8-bit, 65535 for 16-bit), used by the ``scale255`` normalisation.
 
     Raises:
-        UnreadableImage: empty, truncated or non-image content (any failure of the decoder on
-            damaged bytes), fewer than 2x2 pixels, too many pixels (``max_pixels`` or
+        UnreadableImage: empty, truncated or non-image content (a :data:`DECODER_ERRORS`
+            failure of the decoder on damaged bytes), fewer than 2x2 pixels, too many pixels (``max_pixels`` or
             Pillow's hard limit of twice ``PIL.Image.MAX_IMAGE_PIXELS``, checked from the
             header before any pixel is decoded), a multi-page TIFF (a volume), or values
             that are not finite.
@@ -43,33 +58,7 @@ def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
     if in_channels not in (1, 3):
         raise UnreadableImage(f"in_channels={in_channels} is not supported for 2D images (use 1 or 3)")
     try:
-        with warnings.catch_warnings():
-            # our own limit (max_pixels) replaces Pillow's warning; its hard error still applies
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", module=r"PIL\.")  # e.g. "Corrupt EXIF data"
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise UnreadableImage(f"{width}x{height} pixels exceeds data.max_pixels={max_pixels} "
-                                      "(decompression-bomb guard; raise the limit if the image is genuine)")
-            frames = getattr(image, "n_frames", 1)
-            if image.format == "TIFF" and frames > 1:
-                raise UnreadableImage(f"a {frames}-page TIFF (a 3D volume or a stack) among 2D images; "
-                                      "give volumes in a 3D format with model.spatial_dims=3, or one "
-                                      "image per file")
-            if size and image.format == "JPEG" and in_channels == 1 and image.mode in ("RGB", "L", "YCbCr"):
-                # decode at 1/2, 1/4 or 1/8 scale straight to luma, never below the target size
-                # (in either orientation: EXIF rotation is applied afterwards)
-                side = max(size[0], size[1])
-                image.draft("L", (side, side))
-            image.load()
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception:  # noqa: BLE001 - unparsable EXIF declares no orientation
-                pass
-            if image.width < 2 or image.height < 2:
-                raise UnreadableImage(f"image is only {image.width}x{image.height} pixels")
-            image, full_scale = _to_supported_mode(image, gray=in_channels == 1)
+        image = _decode(data, size, in_channels, max_pixels)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as err:
@@ -82,7 +71,15 @@ def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
                               f"(it starts with {_head(data)})") from None
     except MemoryError:
         raise UnreadableImage("decoding needs more memory than is available") from None
-    except Exception as err:  # noqa: BLE001 - any failure inside the decoder means a damaged file
+    except PILLOW_DECODE_ERRORS as err:  # a failure inside Pillow's decoding: a damaged file
+        raise UnreadableImage(f"corrupt or truncated image ({err.__class__.__name__}: {err})") from None
+    if image.width < 2 or image.height < 2:
+        raise UnreadableImage(f"image is only {image.width}x{image.height} pixels")
+    try:
+        image, full_scale = _to_supported_mode(image, gray=in_channels == 1)
+    except MemoryError:
+        raise UnreadableImage("decoding needs more memory than is available") from None
+    except DECODER_ERRORS as err:  # Pillow refusing to convert what the file declared
         raise UnreadableImage(f"corrupt or truncated image ({err.__class__.__name__}: {err})") from None
 
     bands = image.split() if image.mode == "RGB" else [image]
@@ -95,6 +92,36 @@ def read_image(data: bytes, size: tuple[int, int] | None, in_channels: int = 1,
     if not np.isfinite(array).all():
         raise UnreadableImage("pixel values include NaN or infinity")
     return array, full_scale
+
+
+def _decode(data: bytes, size, in_channels: int, max_pixels: int) -> Image.Image:
+    """Pillow's part of :func:`read_image`: open, check the header, decode (JPEGs at a reduced
+    scale) and apply the EXIF orientation. Every exception but :class:`UnreadableImage` is
+    Pillow's (see :data:`PILLOW_DECODE_ERRORS`)."""
+    with warnings.catch_warnings():
+        # our own limit (max_pixels) replaces Pillow's warning; its hard error still applies
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", module=r"PIL\.")  # e.g. "Corrupt EXIF data"
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise UnreadableImage(f"{width}x{height} pixels exceeds data.max_pixels={max_pixels} "
+                                  "(decompression-bomb guard; raise the limit if the image is genuine)")
+        frames = getattr(image, "n_frames", 1)
+        if image.format == "TIFF" and frames > 1:
+            raise UnreadableImage(f"a {frames}-page TIFF (a 3D volume or a stack) among 2D images; "
+                                  "give volumes in a 3D format with model.spatial_dims=3, or one "
+                                  "image per file")
+        if size and image.format == "JPEG" and in_channels == 1 and image.mode in ("RGB", "L", "YCbCr"):
+            # decode at 1/2, 1/4 or 1/8 scale straight to luma, never below the target size
+            # (in either orientation: EXIF rotation is applied afterwards)
+            side = max(size[0], size[1])
+            image.draft("L", (side, side))
+        image.load()
+        try:
+            return ImageOps.exif_transpose(image)
+        except PILLOW_DECODE_ERRORS:  # unparsable EXIF declares no orientation
+            return image
 
 
 def _head(data: bytes, n: int = 24) -> str:

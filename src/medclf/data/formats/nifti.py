@@ -8,6 +8,9 @@ spacing is done by :func:`medclf.data.preprocess.resample_to_spacing` (MONAI ``S
 """
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 
 from ...errors import UnreadableImage
@@ -16,16 +19,31 @@ from .windowing import apply_window, window_bounds
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    """What nibabel (with gzip/zlib and numpy under it) raises for a damaged file: its own
+    ``ImageFileError``, ``HeaderDataError``, ``ImageDataError``, ``WrapStructError`` and
+    ``OrientationError`` (e.g. an affine without a usable rotation); ``OSError`` (also
+    ``gzip.BadGzipFile``), ``EOFError``, ``zlib.error``, ``ValueError`` (also numpy's
+    ``LinAlgError``), ``OverflowError`` and ``struct.error`` (short or inconsistent headers and
+    data); ``MemoryError`` (a header declaring a huge array). Our own programming errors
+    (``TypeError``, ``NameError``, ...) propagate."""
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.orientations import OrientationError
+    from nibabel.spatialimages import HeaderDataError, ImageDataError
+    from nibabel.wrapstruct import WrapStructError
+    return (ImageFileError, HeaderDataError, ImageDataError, WrapStructError, OrientationError,
+            OSError, EOFError, zlib.error, ValueError, OverflowError, struct.error, MemoryError)
+
+
 def is_nifti(path: str) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def _load(path: str):
     import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
     try:
         return nib.load(path)
-    except (ImageFileError, EOFError, OSError, ValueError) as err:
+    except _decoder_errors() as err:
         raise UnreadableImage(f"not a readable NIfTI file ({err.__class__.__name__}: {err})") from None
 
 
@@ -56,7 +74,7 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
         if len(image.shape) >= 3:
             image = nib.as_closest_canonical(nib.funcs.squeeze_image(image))
         data = np.asarray(image.get_fdata(dtype=np.float32))
-    except (EOFError, OSError, ValueError, Exception) as err:  # noqa: BLE001  (zlib/gzip errors vary)
+    except _decoder_errors() as err:
         raise UnreadableImage(f"corrupt or truncated NIfTI file ({err.__class__.__name__}: {err})") from None
     zooms = tuple(float(z) for z in image.header.get_zooms()[: data.ndim])
     while data.ndim > 2 and data.shape[-1] == 1:
@@ -72,13 +90,22 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
 def probe_nifti(path: str) -> dict:
     """Header facts (no voxel data read), in the RAS+ array order of :func:`read_nifti`:
     spatial ``shape``, ``spatial_dims``, ``spacing`` (mm per array axis: the header zooms
-    permuted as :func:`nibabel.as_closest_canonical` permutes the axes) and ``dtype``."""
+    permuted as :func:`nibabel.as_closest_canonical` permutes the axes) and ``dtype``.
+
+    Raises:
+        UnreadableImage: not a readable NIfTI header, or an affine without an orientation.
+    """
     import nibabel as nib
     image = _load(path)
     shape = [int(s) for s in image.shape]
     zooms = [float(z) for z in image.header.get_zooms()[: len(shape)]]
     if len(shape) >= 3:  # the axis permutation of the reorientation, read from the affine
-        ornt = nib.io_orientation(image.affine)
+        try:
+            ornt = nib.io_orientation(image.affine)
+        except _decoder_errors() as err:
+            raise UnreadableImage(f"not a readable NIfTI file ({err.__class__.__name__}: {err})") from None
+        if not np.isfinite(ornt[:3, 0]).all():  # an axis without a direction: nothing to reorient by
+            raise UnreadableImage(f"its affine gives no orientation to every axis ({np.asarray(image.affine).tolist()})")
         ras_shape, ras_zooms = list(shape[:3]), list(zooms[:3])
         for axis, (target, _) in enumerate(ornt[:3]):
             ras_shape[int(target)], ras_zooms[int(target)] = shape[axis], zooms[axis]

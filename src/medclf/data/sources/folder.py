@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
 from ...errors import DataError
 from ..formats.dicom import looks_like_dicom, series_files
 from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve, check_classes
