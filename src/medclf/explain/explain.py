@@ -17,7 +17,12 @@ import numpy as np
 import torch
 
 from .. import rundir
+from ..data.formats import match_channels, probe, source_format
+from ..data.formats.nifti import read_nifti
+from ..data.formats.npz import parse_item
+from ..data.preprocess import decode_file, finish, fit_to_size
 from ..errors import DataError, UnreadableImage
+from ..evaluation.predict import load_model
 from ..io import atomic_write
 from .cam import Saliency
 from .overlay import overlay_png
@@ -90,7 +95,6 @@ def read_input(path_or_array, config) -> ExplainInput:
         DataError: missing or unreadable file (the message names it), or an array whose
             dimensions do not fit the run (2D vs 3D).
     """
-    from ..data.preprocess import decode_file, finish
     if not isinstance(path_or_array, (str, os.PathLike)):
         shown, full_scale = _decode_array(path_or_array, config)
         return ExplainInput(finish(shown, full_scale, config), shown, None,
@@ -109,8 +113,6 @@ def read_input(path_or_array, config) -> ExplainInput:
 
 
 def _check_exists(path: str) -> None:
-    from ..data.formats import source_format
-    from ..data.formats.npz import parse_item
     target = parse_item(path)[0] if source_format(path) == "npz" else path
     if not os.path.exists(target):
         raise DataError(f"{path}: file not found")
@@ -120,8 +122,6 @@ def _geometry(path: str, shown: np.ndarray, config) -> tuple[np.ndarray | None, 
     """``(affine, original_shape)`` of a decoded input: for NIfTI the RAS+ affine and shape of
     :func:`~medclf.data.formats.nifti.read_nifti` (the orientation the model saw); for other
     volumes the file's shape (:func:`medclf.data.formats.probe`) and no affine; for 2D the grid."""
-    from ..data.formats import probe, source_format
-    from ..data.formats.nifti import read_nifti
     if config.model.spatial_dims != 3:
         return None, tuple(shown.shape[1:])
     if source_format(path) == "nifti":
@@ -133,8 +133,6 @@ def _geometry(path: str, shown: np.ndarray, config) -> tuple[np.ndarray | None, 
 
 def _decode_array(array, config) -> tuple[np.ndarray, float]:
     """Raw array -> ``(raw (C, *image_size), full_scale)`` (see :func:`read_input`)."""
-    from ..data.formats import _channels  # the channel matching of every file reader
-    from ..data.preprocess import fit_to_size
     stored = np.asarray(array)
     spatial_dims = config.model.spatial_dims
     full_scale = float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0
@@ -147,7 +145,7 @@ def _decode_array(array, config) -> tuple[np.ndarray, float]:
         raise DataError(f"an array of shape {stored.shape} does not fit a {spatial_dims}D model "
                         f"(expected (C, *spatial) with {spatial_dims} spatial axes)")
     try:
-        return fit_to_size(_channels(raw, config.data.in_channels), config), full_scale
+        return fit_to_size(match_channels(raw, config.data.in_channels), config), full_scale
     except UnreadableImage as err:
         raise DataError(f"an array of shape {stored.shape}: {err}") from None
 
@@ -181,7 +179,6 @@ class Explainer:
         Raises:
             RunDirError: not a run directory, or no checkpoint.
         """
-        from ..evaluation.predict import load_model
         run = run if isinstance(run, rundir.Run) else rundir.load_run(run)
         return cls(load_model(run), run.config, run.class_names, method, target_layer)
 

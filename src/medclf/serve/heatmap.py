@@ -33,8 +33,10 @@ def gradcam_png(model: nn.Module, image: torch.Tensor, class_index: int, alpha: 
     Args:
         model: the network, mapping ``(N, C, H, W)`` or ``(N, C, D, H, W)`` to logits
             ``(N, num_classes)``.
-        image: one preprocessed image ``(C, H, W)`` or volume ``(C, D, H, W)``; a volume is
-            shown by its middle slice along D.
+        image: one image ``(C, H, W)`` or volume ``(C, D, H, W)`` preprocessed by the run's
+            pipeline (the service uses :func:`medclf.data.preprocess.preprocess_bytes`, the
+            same steps as ``medclf predict`` and ``medclf explain``); a volume is shown by its
+            middle slice along D.
         class_index: the class whose evidence is shown (usually the predicted class).
         alpha: opacity of the heatmap, in [0, 1].
 

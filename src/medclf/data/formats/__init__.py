@@ -23,7 +23,7 @@ from .image import probe_image, read_image
 from .nifti import is_nifti, probe_nifti, read_nifti
 from .npz import is_npz_item, item_dims, probe_item, read_item
 
-__all__ = ["UnreadableImage", "source_format", "content_digest", "content_hash", "load_raw", "probe",
+__all__ = ["UnreadableImage", "match_channels", "source_format", "content_digest", "content_hash", "load_raw", "probe",
            "read_image"]
 
 
@@ -103,15 +103,15 @@ def load_raw(path: str, *, in_channels: int = 1, window=None, max_pixels: int = 
         array = np.asarray(stored, np.float32)
         array = np.moveaxis(array, -1, 0) if channels > 1 else array[None]
         full_scale = float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0
-        return _channels(array, in_channels), full_scale, None
+        return match_channels(array, in_channels), full_scale, None
     if fmt == "nifti":
         array, spacing, _ = read_nifti(path, window)
-        return _channels(array[None], in_channels), _full_scale(array), spacing
+        return match_channels(array[None], in_channels), _full_scale(array), spacing
     if fmt == "dicom-series":
         array, spacing, _ = dicom.read_dicom_series(path, window)
     else:
         array, spacing = dicom.read_dicom_file(path, window)
-    return _channels(array[None], in_channels), _full_scale(array), spacing
+    return match_channels(array[None], in_channels), _full_scale(array), spacing
 
 
 def probe(path: str) -> dict:
@@ -131,7 +131,7 @@ def probe(path: str) -> dict:
     return probe_image(path)
 
 
-def _channels(array: np.ndarray, in_channels: int) -> np.ndarray:
+def match_channels(array: np.ndarray, in_channels: int) -> np.ndarray:
     """Match ``(C, ...)`` to ``in_channels``: repeat grayscale, or average colour to gray."""
     if array.shape[0] == in_channels:
         return array

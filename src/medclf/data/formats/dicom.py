@@ -227,10 +227,14 @@ def read_dicom_file(path: str, window=None) -> tuple[np.ndarray, tuple[float, ..
         (frames: SpacingBetweenSlices or SliceThickness, else 1).
 
     Raises:
-        UnreadableImage: not DICOM, truncated, no pixel data, or a 'file' window the file lacks.
+        UnreadableImage: not DICOM, truncated, no pixel data (or none of the declared size),
+            a damaged header value (named), or a 'file' window the file lacks or that pydicom
+            cannot apply.
     """
     dataset = _read_dataset(path)
     values = _display(_pixels(dataset), dataset, window)
+    if values.size == 0:
+        raise UnreadableImage(f"has pixel data of shape {values.shape}: no pixels")
     row, col = _pixel_spacing(dataset)
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
@@ -272,7 +276,12 @@ def read_dicom_series(folder: str | os.PathLike, window=None) -> tuple[np.ndarra
         slices.append((file, dataset))
     if not slices:
         raise UnreadableImage("series folder contains no DICOM files")
-    keys = [_slice_position(ds) for _, ds in slices]
+    keys = []
+    for file, dataset in slices:
+        try:
+            keys.append(_slice_position(dataset))
+        except UnreadableImage as err:
+            raise UnreadableImage(f"slice {Path(file).name}: {err}") from None
     order = sorted(range(len(slices)), key=lambda i: (keys[i], slices[i][0]))
     slices = [slices[i] for i in order]
     positions = [keys[i] for i in order]
@@ -280,6 +289,8 @@ def read_dicom_series(folder: str | os.PathLike, window=None) -> tuple[np.ndarra
     for file, dataset in slices:
         try:
             values = _display(_pixels(dataset), dataset, window)
+            if values.size == 0 or values.ndim not in (2, 3):
+                raise UnreadableImage(f"has pixel data of shape {values.shape}, not one image")
         except UnreadableImage as err:
             raise UnreadableImage(f"slice {Path(file).name}: {err}") from None
         arrays.append(values if values.ndim == 2 else values[0])
@@ -287,8 +298,12 @@ def read_dicom_series(folder: str | os.PathLike, window=None) -> tuple[np.ndarra
     if len(shapes) > 1:
         raise UnreadableImage(f"slices have different sizes {sorted(shapes)}")
     volume = np.stack(arrays).astype(np.float32)
-    row, col = _pixel_spacing(slices[0][1])
-    return volume, (_slice_spacing(positions, slices[0][1]), row, col), [f for f, _ in slices]
+    try:
+        row, col = _pixel_spacing(slices[0][1])
+        depth = _slice_spacing(positions, slices[0][1])
+    except UnreadableImage as err:
+        raise UnreadableImage(f"slice {Path(slices[0][0]).name}: {err}") from None
+    return volume, (depth, row, col), [f for f, _ in slices]
 
 
 def _slice_spacing(positions: list[float], first) -> float:

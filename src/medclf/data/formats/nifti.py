@@ -63,8 +63,8 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
         spacing in mm per array axis, and the 4x4 voxel-to-world affine of the reoriented image.
 
     Raises:
-        UnreadableImage: unreadable or truncated file, more than one time point or channel,
-            or a window of 'file' (NIfTI has no window of its own).
+        UnreadableImage: unreadable or truncated file, no voxels, more than one time point or
+            channel, or a window of 'file' (NIfTI has no window of its own).
     """
     import nibabel as nib
     image = _load(path)
@@ -76,6 +76,8 @@ def read_nifti(path: str, window=None) -> tuple[np.ndarray, tuple[float, ...], n
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except _decoder_errors() as err:
         raise UnreadableImage(f"corrupt or truncated NIfTI file ({err.__class__.__name__}: {err})") from None
+    if data.size == 0:
+        raise UnreadableImage(f"has shape {tuple(image.shape)}: no voxels")
     zooms = tuple(float(z) for z in image.header.get_zooms()[: data.ndim])
     while data.ndim > 2 and data.shape[-1] == 1:
         data = data[..., 0]

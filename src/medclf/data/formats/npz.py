@@ -10,13 +10,26 @@ from __future__ import annotations
 import functools
 import os
 import re
+import struct
 import threading
+import zipfile
+import zlib
 
 import numpy as np
 
 from ...errors import UnreadableImage
 
 SEPARATOR = "#"
+
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+              NotImplementedError, RuntimeError, struct.error, OverflowError, MemoryError)
+"""What :func:`numpy.load` (with :mod:`zipfile` and :mod:`zlib` under it) raises for a damaged
+``.npz``: ``OSError``/``EOFError`` (truncated), ``ValueError`` (a bad ``.npy`` header, or
+pickled objects refused with ``allow_pickle=False``), ``KeyError``, ``zipfile.BadZipFile``,
+``zipfile.LargeZipFile``, ``zlib.error``, ``struct.error``, ``OverflowError``,
+``NotImplementedError`` (an unsupported compression method), ``RuntimeError`` (an encrypted
+member) and ``MemoryError`` (a header declaring a huge array). Our own programming errors
+(``TypeError``, ``NameError``, ...) propagate."""
 _ARRAYS: dict[tuple[str, float, str], np.ndarray] = {}
 _LOCK = threading.Lock()
 
@@ -58,9 +71,23 @@ def _array(file: str, key: str) -> np.ndarray:
                     _ARRAYS[cache_key] = data[key]
             except UnreadableImage:
                 raise
-            except Exception as err:  # noqa: BLE001  (zip/pickle/format errors vary)
+            except NPZ_ERRORS as err:
                 raise UnreadableImage(f"cannot read {file} as .npz ({err.__class__.__name__}: {err})") from None
         return _ARRAYS[cache_key]
+
+
+def _images(file: str, split: str) -> np.ndarray:
+    """The ``{split}_images`` array of an npz: ``(N, H, W)``, ``(N, H, W, 3)`` or ``(N, D, H, W)``.
+
+    Raises:
+        UnreadableImage: missing, unreadable, or not 3 or 4 dimensions of numbers (images
+            of at least one pixel).
+    """
+    images = _array(file, f"{split}_images")
+    if images.ndim not in (3, 4) or images.dtype.kind not in "uifb" or 0 in images.shape[1:]:
+        raise UnreadableImage(f"{file}: {split}_images has shape {images.shape} and dtype {images.dtype}; expected "
+                              "numbers of shape (N, H, W), (N, H, W, 3) or (N, D, H, W)")
+    return images
 
 
 def read_item(path: str) -> np.ndarray:
@@ -70,7 +97,7 @@ def read_item(path: str) -> np.ndarray:
         UnreadableImage: missing file or key, or an index out of range.
     """
     file, split, index = parse_item(path)
-    images = _array(file, f"{split}_images")
+    images = _images(file, split)
     if index >= len(images):
         raise UnreadableImage(f"index {index} out of range: {split}_images has {len(images)} images")
     return images[index]
@@ -105,7 +132,7 @@ def probe_item(path: str) -> dict:
     ``channels``, ``format``, ``dtype`` and ``binary`` (every value of the split's images
     is 0 or their maximum: segmentation masks, such as AdrenalMNIST3D)."""
     file, split, _ = parse_item(path)
-    images = _array(file, f"{split}_images")
+    images = _images(file, split)
     dims, shape, channels = item_dims(images.shape[1:])
     return {"shape": shape, "spatial_dims": dims, "channels": channels, "format": "npz",
             "dtype": str(images.dtype), "binary": _binary(file, f"{split}_images")}
