@@ -247,3 +247,15 @@ def test_uploaded_dicom_bytes_match_the_file_pipeline():
     with open(path, "rb") as handle:
         from_bytes = preprocess_bytes(handle.read(), cfg, name="upload.bin")  # found by its DICM magic
     np.testing.assert_array_equal(from_bytes, from_file)
+
+
+def test_a_damaged_header_value_is_named(tmp_path):
+    from medclf.data.formats.dicom import probe_dicom
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert data.count(b"0.661468\\0.661468") == 1  # PixelSpacing, a DS value
+    path = tmp_path / "bad_spacing.dcm"
+    path.write_bytes(data.replace(b"0.661468\\0.661468", b"0.661468\\0.66K468"))  # one damaged byte
+    with pytest.raises(UnreadableImage, match=r"PixelSpacing .*0\.66K468.* is not a number"):
+        read_dicom_file(str(path))
+    with pytest.raises(UnreadableImage, match="PixelSpacing"):
+        probe_dicom(str(path))

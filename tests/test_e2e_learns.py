@@ -1,39 +1,35 @@
 """The whole pipeline learns: medclf's own ``train`` on a small real subset of
-../shared/data/chest-xray-pneumonia (paediatric chest X-rays, NORMAL vs PNEUMONIA) reaches a
-test ROC AUC and accuracy far above chance (0.5), on images it never saw.
+../shared/data/chest-xray-pneumonia (paediatric chest X-rays, NORMAL vs PNEUMONIA, 224x224
+JPEG) reaches a test ROC AUC and accuracy far above chance (0.5), on images of the official
+test split that it never saw.
 
-Subset: ``N_TRAIN`` images per class from ``train/`` (medclf carves its validation split out
-of them) and ``N_TEST`` per class from the official ``test/`` split, picked evenly over the
-sorted file names (so every acquisition batch is represented), as symlinks in tmp_path.
+Subset: ``N_TRAIN`` images per class from ``train/`` (medclf carves its 15 % validation
+split out of them) and ``N_TEST`` per class from the official ``test/`` split, picked evenly
+over the sorted file names, as symlinks in tmp_path; 64x64 pixels, 30 epochs.
 
-Measured (2 CPU cores, 64x64, 6 epochs; see THRESHOLDS): seed 0: ROC AUC 0.000, accuracy
-0.000; seed 1: ...; seed 2: ...; each run ~00 s.
+Measured (2 shared CPU cores, this configuration; test ROC AUC / accuracy, each run 15-25 s
+plus ~5 s of imports):
+    seed 0: 0.948 / 0.890    seed 1: 0.947 / 0.760    seed 2: 0.952 / 0.790
+    seed 3: 0.946 / 0.750    seed 4: 0.947 / 0.840
+The AUC is stable; the accuracy (argmax, threshold 0.5) is not, because this test split
+differs from the training split (its NORMAL images are often called PNEUMONIA: the
+operating point chosen on validation is reported beside, not asserted). Hence the margins:
+AUC >= 0.85 and accuracy >= 0.70 (70 of 100 balanced test images; chance gives that with
+probability ~4e-5). With 40-60 training and 30 test images per class (64 px, 12-30 epochs)
+the accuracy ranged 0.53-0.85 over seeds 0-2 (AUC 0.84-0.93): too unstable to assert.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
-
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, require_data
 
 PNEUMONIA = SHARED_DATA / "chest-xray-pneumonia"
-N_TRAIN, N_TEST = 40, 30
-OVERRIDES = ["data.image_size=[64,64]", "train.max_epochs=6", "train.batch_size=16", "trainer.accelerator=cpu",
-             "eval.bootstrap=0", "explain.gallery_size=0"]
-MIN_ROC_AUC, MIN_ACCURACY = 0.85, 0.75
-
-
-def require_pneumonia_data() -> None:
-    """Skip without the real data, except under CI (``CI=true``), where its absence fails."""
-    if PNEUMONIA.is_dir():
-        return
-    message = f"real data not found at {PNEUMONIA}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message + " (CI=true: the data must be there)")
-    pytest.skip(message)
+N_TRAIN, N_TEST = 150, 50
+OVERRIDES = ["data.image_size=[64,64]", "train.max_epochs=30", "train.batch_size=16", "augment.batched=true",
+             "trainer.accelerator=cpu", "eval.bootstrap=0", "explain.gallery_size=0"]
+MIN_ROC_AUC, MIN_ACCURACY = 0.85, 0.70
 
 
 def pneumonia_subset(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
@@ -52,7 +48,7 @@ def pneumonia_subset(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -
 
 
 def train_subset(root: Path, seed: int) -> dict:
-    """Train on the subset in ``root`` with ``seed``; the run's test_metrics.json."""
+    """Train on the subset in ``root / "data"`` with ``seed``; the run's test_metrics.json."""
     from medclf.commands.train import train
     result = train(root / "data", out=root / "runs", name=f"seed{seed}", progress=False,
                    overrides=[*OVERRIDES, f"seed={seed}"])
@@ -60,9 +56,9 @@ def train_subset(root: Path, seed: int) -> dict:
 
 
 def test_training_on_real_xrays_beats_chance_by_far(tmp_path):
-    require_pneumonia_data()
+    require_data(PNEUMONIA)  # skipped without the data, a failure under CI=true
     pneumonia_subset(tmp_path / "data")
     test = train_subset(tmp_path, seed=0)
-    assert test["n"] == 2 * N_TEST
+    assert test["n"] == 2 * N_TEST and test["class_names"] == ["NORMAL", "PNEUMONIA"]
     assert test["roc_auc"] >= MIN_ROC_AUC, test
     assert test["accuracy"] >= MIN_ACCURACY, test

@@ -19,7 +19,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ..training.module import roc_auc
+from ..training.metrics import roc_auc
 
 __all__ = ["classification_metrics", "roc_auc", "summary_lines"]
 

@@ -53,7 +53,7 @@ def write_evaluation(run_path: Path, frame: pd.DataFrame, probabilities: np.ndar
 
     def evaluate(mask):
         return clinical_metrics(labels[mask], probabilities[mask], class_names, config.eval, config.seed,
-                                val_labels, val_probabilities)
+                                val_labels, val_probabilities, bootstrap_method=config.eval.bootstrap_method)
 
     metrics = evaluate(keep)
     if tta_probabilities is not None:

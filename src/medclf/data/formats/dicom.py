@@ -142,9 +142,15 @@ def _pixels(dataset) -> np.ndarray:
     except _PIXEL_ERRORS as err:
         raise UnreadableImage(f"corrupt or truncated DICOM pixel data ({err.__class__.__name__}: {err})") from None
     if _colour(dataset):  # ITU-R 601 luma, as Pillow does for 2D images
-        array = np.asarray(array, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return array
-    return np.asarray(_modality(array, dataset), np.float32)
+        if array.shape[-1] != 3:
+            raise UnreadableImage(f"colour pixel data of shape {array.shape}: not 3 samples per pixel")
+        return np.asarray(array, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(_modality(array, dataset), np.float32)
+    except _PIXEL_ERRORS as err:
+        raise UnreadableImage(f"cannot apply its Modality LUT ({err.__class__.__name__}: {err})") from None
 
 
 def _colour(dataset) -> bool:
