@@ -127,7 +127,7 @@ def test_user_weights_file_is_refused(trained, tmp_path, payload):
 def test_evaluate_refuses_a_run_checkpoint_with_code(trained, tmp_path):
     from medclf.commands.evaluate import evaluate_run
     run, ckpt, marker = evil_run(trained, tmp_path, "best.ckpt")
-    with pytest.raises(MedclfError) as err:
+    with pytest.raises(RunDirError, match="^checkpoint: ") as err:
         evaluate_run(run)
     assert_refused(err.value, ckpt, marker)
 
@@ -136,7 +136,7 @@ def test_predict_refuses_a_run_checkpoint_with_code(trained, tmp_path):
     from medclf.commands.predict import predict_files
     data, _ = trained
     run, ckpt, marker = evil_run(trained, tmp_path, "best.ckpt")
-    with pytest.raises(MedclfError) as err:
+    with pytest.raises(RunDirError, match="^checkpoint: ") as err:
         predict_files(run, sorted((data / "test" / "disk").iterdir())[:2])
     assert_refused(err.value, ckpt, marker)
 
@@ -146,7 +146,7 @@ def test_explain_refuses_a_run_checkpoint_with_code(trained, tmp_path):
 
     from medclf.explain import explain_image
     run, ckpt, marker = evil_run(trained, tmp_path, "best.ckpt")
-    with pytest.raises(MedclfError) as err:
+    with pytest.raises(RunDirError, match="^checkpoint: ") as err:
         explain_image(run, synthetic_image("disk", np.random.default_rng(0)))
     assert_refused(err.value, ckpt, marker)
 
@@ -180,10 +180,14 @@ def test_resume_refuses_a_last_checkpoint_with_code(trained, tmp_path):
     assert_refused(err.value, ckpt, marker)
 
 
-def test_lightning_checkpoint_reader_refuses_it_too(trained, tmp_path):
-    """Lightning 2.6 reads ``trainer.fit(ckpt_path=...)`` through the trainer's checkpoint
-    IO with ``weights_only=None``, which torch >= 2.6 takes as True: a second barrier."""
+def test_lightning_checkpoint_reader_refuses_it_too(trained, tmp_path, monkeypatch):
+    """``trainer.fit(ckpt_path=...)`` reads the file again through the trainer's checkpoint IO
+    (:class:`AtomicCheckpointIO`), which forces ``weights_only=True``: Lightning 2.6 passes
+    None, which torch >= 2.6 takes as True unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set;
+    with it set, Lightning's own reader would run the payload."""
     import pickle
+
+    from lightning.fabric.plugins.io import TorchCheckpointIO
 
     from medclf.training.reliability import AtomicCheckpointIO
     _, run = trained
@@ -191,7 +195,12 @@ def test_lightning_checkpoint_reader_refuses_it_too(trained, tmp_path):
     ckpt = tampered(run / "checkpoints" / "last.ckpt", tmp_path / "last.ckpt", marker)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(ckpt)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(ckpt)
     assert not marker.exists()
+    TorchCheckpointIO().load_checkpoint(ckpt)  # Lightning's default reader under that setting
+    assert marker.exists()
 
 
 def test_torn_and_foreign_files_are_clear_errors(tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from .. import rundir
+from ..errors import ConfigError, RunDirError
 from ..models import create_model
 from ..models.prior import apply_output_prior
 from .clinical import tta_views
@@ -68,9 +69,16 @@ def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.n
 
     Checkpoints are read with ``weights_only=True``. The logits are shifted to
     ``train.output_prior`` (:func:`medclf.models.prior.apply_output_prior`), as after training.
+
+    Raises:
+        RunDirError: the checkpoint is missing, damaged, holds code or objects that are not
+            weights, or does not fit the run's network (names the file).
     """
     model_cfg = run.config.model.model_copy(update={"weights": str(checkpoint or run.checkpoint)})
-    model = create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
+    try:
+        model = create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
+    except ConfigError as err:  # the weights are the run's checkpoint, not the user's model.weights
+        raise RunDirError(str(err).replace("model.weights: ", "checkpoint: ", 1)) from None
     apply_output_prior(model, training_counts(run.split(), run.class_names), run.config.train)
     return model
 

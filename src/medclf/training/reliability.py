@@ -66,6 +66,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         atomic_write(path, write)
 
+    def load_checkpoint(self, path, map_location=None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """Lightning's reader (``trainer.fit(ckpt_path=...)``) with ``weights_only=True`` always:
+        Lightning 2.6 passes None, which torch takes as True unless the environment sets
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``; a checkpoint holding code is refused either way.
+
+        Raises:
+            pickle.UnpicklingError: the file holds code or objects that are not weights.
+        """
+        where = {} if map_location is None else {"map_location": map_location}  # else Lightning's: the CPU
+        return super().load_checkpoint(path, weights_only=True, **where)
+
 
 def remove_stale_temporaries(folder: str | Path) -> list[str]:
     """Delete ``.<name>.*.tmp`` files left by a process killed during an atomic write.
