@@ -35,8 +35,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         RunDirError, DataError: not a run directory; unknown classes; unreadable files.
     """
     run = rundir.load_run(run_dir)
+    split = run.split()
     if data is None:
-        split = run.split()
         frame = split[split.split == "test"].reset_index(drop=True)
         out = run.path
     elif str(data).lower().endswith((".npz", ".csv")) or str(data).startswith("medmnist:"):
@@ -54,7 +54,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     manifest = Manifest(frame[["path", "label"]].assign(split="test"), run.class_names)
     images, kept, bad = prepare_images(manifest, run.config)
     test = EvaluationSplit(images, pd.Series(kept.labels("test")).to_numpy(), kept.frame)
-    split = run.split()
     val_frame = split[split.split == "val"]
     val = None
     if len(val_frame):  # the operating threshold and temperature come from the run's validation split
@@ -63,7 +62,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         val_images, val_kept, _ = prepare_images(val_manifest, run.config.model_copy(
             update={"data": run.config.data.model_copy(update={"on_bad_file": "skip"})}))
         val = EvaluationSplit(val_images, pd.Series(val_kept.labels("test")).to_numpy(), val_kept.frame)
-    leaked = _leaked(run) if data is None else {"val": _leaked(run)["val"], "test": set()}
+    leaked = _leaked(run)
+    if data is not None:  # the inspection knows the run's own test split only
+        leaked["test"] = set()
     checkpoint = str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
     metrics = evaluate_model(load_model(run), out, run.class_names, test, val, run.config, checkpoint, extra,

@@ -177,10 +177,8 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     else:  # killed while preprocessing: the seeded split is found again
         manifest = discover_source(cfg.data.source, cfg.data, cfg.seed)
         stored = None
-    stored_plan = read_plan(run_dir)
-    facts = (stored_plan or {}).get("fingerprint") if stored is None else None
-    if stored is None and facts is None:
-        facts = fingerprint(manifest)
+    stored_plan = read_plan(run_dir) or {}  # {} for a run written before plan.json
+    facts = (stored_plan.get("fingerprint") or fingerprint(manifest)) if stored is None else None
     splits, manifest, bad = _prepare(manifest, cfg)
     if stored is not None:
         old = dict(zip(stored.path, stored.sha.astype(str)))
@@ -196,9 +194,7 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
     check_free_space(run_dir, required_bytes(network, 0, [1], disk_cache=False))
     if cfg.train.lr == "auto":  # killed before the range test had chosen: nothing was trained yet
-        plan = (stored_plan or {}).get("plan")
-        if plan is None:  # a run written before plan.json
-            plan = plan_run(cfg.data.source, cfg).plan
+        plan = stored_plan.get("plan") or plan_run(cfg.data.source, cfg).plan
         record = auto_lr.resolve(cfg, network, splits["train"], manifest.num_classes, run_dir,
                                  auto_lr.planned_lr(plan))
         auto_lr.record_choice(run_dir, cfg, record)
