@@ -49,3 +49,17 @@ def load_checkpoint(path: str | Path, error: type[MedclfError] = RunDirError, wh
     except Exception as err:  # noqa: BLE001  (torn zip, truncated file, I/O errors vary)
         raise error(f"{what}: cannot load {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
             from None
+
+
+def read_run_checkpoint(path: str | Path) -> dict:
+    """A run's Lightning checkpoint (``state_dict``, ``epoch``, ...) read with
+    :func:`load_checkpoint` (nothing in the file can run).
+
+    Raises:
+        RunDirError: the file is missing, torn, holds code or objects that are not weights,
+            or is not a checkpoint (a dict with ``state_dict``).
+    """
+    saved = load_checkpoint(path, RunDirError, "checkpoint")
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise RunDirError(f"checkpoint: {path} is not a medclf checkpoint (no state_dict)")
+    return saved

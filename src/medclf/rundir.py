@@ -44,6 +44,10 @@ LR_RANGE_PLOT = "lr_range_test.png"
 EVALUATIONS_DIR = "evaluations"
 EXPLANATIONS_DIR = "explanations"
 SANITY = "sanity.json"
+VALIDATION_METRICS = "validation_metrics.json"
+FOLDS_DIR = "folds"
+OOF_PREDICTIONS = "oof_predictions.csv"
+FOLD_DONE = "fold_predictions.csv"  # in folds/fold_K/: its out-of-fold predictions, written last
 OVERFIT_PLOT = "plots/overfit_loss.png"
 
 
@@ -89,6 +93,11 @@ def create_run_dir(out: str | Path, name: str | None, data_name: str, overwrite:
     raise RunDirError(f"too many runs named {base} in {out}")
 
 
+def fold_dir(run_dir: str | Path, fold: int) -> Path:
+    """The folder of fold ``fold`` (0-based) of an ensemble run: ``folds/fold_<fold>``."""
+    return Path(run_dir) / FOLDS_DIR / f"fold_{fold}"
+
+
 @dataclass
 class Run:
     """A finished (or interrupted) run read back from its directory."""
@@ -105,6 +114,27 @@ class Run:
                 return self.path / name
         raise RunDirError(f"{self.path} has no checkpoint ({BEST} or {LAST}): the run did not "
                           "finish its first epoch")
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True for a k-fold ensemble run (``train.folds >= 2``)."""
+        return self.config.train.folds >= 2
+
+    def fold_checkpoints(self) -> list[Path]:
+        """The members' weights of an ensemble run: ``folds/fold_K/checkpoints/last.ckpt``
+        (the protocol trains each fold for the planned epochs and keeps the last weights).
+
+        Raises:
+            RunDirError: a fold has not finished (no checkpoint or no out-of-fold predictions).
+        """
+        paths = []
+        for k in range(self.config.train.folds):
+            folder = fold_dir(self.path, k)
+            if not (folder / FOLD_DONE).is_file() or not (folder / LAST).is_file():
+                raise RunDirError(f"{self.path}: fold {k} of {self.config.train.folds} has not finished "
+                                  f"(no {folder / FOLD_DONE}); resume the run with 'medclf train --resume'")
+            paths.append(folder / LAST)
+        return paths
 
     def split(self) -> pd.DataFrame:
         return pd.read_csv(self.path / SPLIT, dtype={"label": str, "path": str})

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .. import rundir
-from ..checkpoints import load_checkpoint
+from ..checkpoints import read_run_checkpoint
 from ..config import Config, load_yaml, validate
 from ..data.prepare import prepare_splits
 from ..data.preprocess import cache_root
@@ -34,6 +34,7 @@ from ..training.fit import RUN_DIR_ENV, build_trainer, class_weights, fit, launc
 from ..training.module import Classifier
 from ..training.reliability import remove_stale_temporaries
 from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
+from .folds import fit_folds
 from .postrun import after_evaluation
 
 log = logging.getLogger("medclf")
@@ -217,11 +218,16 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     with torch.random.fork_rng():  # drawing the graph must not change the training's randomness
         if rank0:
             write_architecture(network, (cfg.data.in_channels, *cfg.data.image_size), run_dir)
+    if cfg.train.folds >= 2:  # the small-data protocol: k fold models and their ensemble
+        metrics, zero = fit_folds(run_dir, cfg, manifest, splits, progress, started, callbacks, evaluate_test)
+        if zero and metrics:
+            after_evaluation(run_dir, cfg)
+        return TrainResult(run_dir, metrics, is_global_zero=zero)
     trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
     resumed_from = None
     ckpt_arg = None
     if ckpt is not None:
-        saved = _run_checkpoint(ckpt)  # refuses a file holding code before Lightning reads it
+        saved = read_run_checkpoint(ckpt)  # refuses a file holding code before Lightning reads it
         resumed_from = int(saved.get("epoch", -1))
         log.warning("resuming %s after epoch %d", run_dir, resumed_from)
         if stopped_early(saved):
@@ -239,7 +245,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
 
     best = run_dir / rundir.BEST
     checkpoint = best if best.exists() else run_dir / rundir.LAST
-    saved = _run_checkpoint(checkpoint)
+    saved = read_run_checkpoint(checkpoint)
     module.load_state_dict(saved["state_dict"])
     # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
     apply_output_prior(module.model, training_counts(manifest.frame, manifest.class_names), cfg.train)
@@ -256,20 +262,6 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
                              str(checkpoint.relative_to(run_dir)), extra, leaks, pick_device(cfg.trainer.accelerator))
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
-
-
-def _run_checkpoint(path: Path) -> dict:
-    """A run's Lightning checkpoint (``state_dict``, ``epoch``, ...) read with
-    :func:`medclf.checkpoints.load_checkpoint` (nothing in the file can run).
-
-    Raises:
-        RunDirError: the file is missing, torn, holds code or objects that are not weights,
-            or is not a checkpoint (a dict with ``state_dict``).
-    """
-    saved = load_checkpoint(path, RunDirError, "checkpoint")
-    if not isinstance(saved, dict) or "state_dict" not in saved:
-        raise RunDirError(f"checkpoint: {path} is not a medclf checkpoint (no state_dict)")
-    return saved
 
 
 def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:

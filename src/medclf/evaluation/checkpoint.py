@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import rundir
+from ..io import write_json
 from ..training.safety import advise_on_out_of_memory
+from .metrics import classification_metrics
 from .predict import predict_probabilities, predict_tta
 from .write import write_evaluation
 
@@ -31,7 +34,8 @@ class EvaluationSplit:
 
 def evaluate_model(model: torch.nn.Module, out: str | Path, class_names: list[str], test: EvaluationSplit,
                    val: EvaluationSplit | None, config, checkpoint: str, extra: dict,
-                   leaked: dict[str, set[str]], device: torch.device) -> dict:
+                   leaked: dict[str, set[str]], device: torch.device,
+                   out_of_fold: np.ndarray | None = None) -> dict:
     """Predict the test and validation images and write the evaluation into ``out``.
 
     The validation probabilities choose the operating threshold and the temperature; with
@@ -48,6 +52,13 @@ def evaluate_model(model: torch.nn.Module, out: str | Path, class_names: list[st
         checkpoint: the checkpoint's path relative to the run, recorded in the metrics.
         extra: more keys for ``test_metrics.json``.
         leaked: ``{"val": paths, "test": paths}`` of images duplicating training images.
+        out_of_fold: probabilities ``(N_val, num_classes)`` of a k-fold ensemble run's
+            out-of-fold predictions of ``val`` (each image predicted by the fold model that
+            did not train on it, test-time augmented when ``eval.tta`` is on): they replace the
+            ensemble's own predictions of ``val``, which would have seen those images.
+
+    Besides, ``validation_metrics.json`` receives the accuracy, balanced accuracy and macro
+    ROC AUC on the validation (or out-of-fold) predictions: the figures to decide on.
 
     Returns:
         the metrics dict written to ``test_metrics.json``.
@@ -62,17 +73,38 @@ def evaluate_model(model: torch.nn.Module, out: str | Path, class_names: list[st
         probabilities = predict_probabilities(model, test.images, batch_size, device)
         if val is not None:
             val_labels = np.asarray(val.labels)
-            val_probabilities = predict_probabilities(model, val.images, batch_size, device)
+            val_probabilities = out_of_fold if out_of_fold is not None \
+                else predict_probabilities(model, val.images, batch_size, device)
         if config.eval.tta:
             tta, views = predict_tta(model, test.images, config, device, probabilities)
             if val is not None:
-                val_tta = predict_tta(model, val.images, config, device, val_probabilities)[0]
+                val_tta = out_of_fold if out_of_fold is not None \
+                    else predict_tta(model, val.images, config, device, val_probabilities)[0]
     if val is not None and config.eval.drop_duplicates:  # as the test split: copies of training images out
         keep = ~val.frame.path.isin(leaked.get("val", set())).to_numpy()
         val_labels, val_probabilities = val_labels[keep], val_probabilities[keep]
         val_tta = val_tta[keep] if val_tta is not None else None
+    if val is not None:
+        write_validation_metrics(Path(out), val_labels, val_tta if val_tta is not None else val_probabilities,
+                                 class_names, "out_of_fold" if out_of_fold is not None else "validation")
     return write_evaluation(Path(out), test.frame, probabilities, np.asarray(test.labels), class_names,
                             checkpoint, extra, config=config, val_labels=val_labels,
                             val_probabilities=val_probabilities, tta_probabilities=tta, tta_views_count=views,
                             val_tta_probabilities=val_tta,
                             drop=test.frame.path.isin(leaked.get("test", set())).to_numpy())
+
+
+def write_validation_metrics(out: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str],
+                             kind: str) -> dict:
+    """Write ``validation_metrics.json``: ``kind`` ('validation' or 'out_of_fold'), ``n``,
+    ``accuracy``, ``balanced_accuracy`` and macro ``roc_auc`` of the predictions the run's
+    choices (checkpoint, threshold, temperature) were made on.
+
+    Args:
+        labels: int ``(N,)`` class indices; probabilities: float ``(N, num_classes)``.
+    """
+    found = classification_metrics(np.asarray(labels), probabilities, class_names)
+    record = {"kind": kind, "n": int(len(labels)),
+              **{key: found[key] for key in ("accuracy", "balanced_accuracy", "roc_auc")}}
+    write_json(out / rundir.VALIDATION_METRICS, record)
+    return record

@@ -11,6 +11,7 @@ import torch
 from .. import rundir
 from ..errors import ConfigError, RunDirError
 from ..models import create_model
+from ..models.ensemble import Ensemble
 from ..models.prior import apply_output_prior
 from .clinical import tta_views
 
@@ -65,7 +66,9 @@ def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: to
 
 
 def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.nn.Module:
-    """The run's network with the weights of its best (else last) checkpoint, in eval mode.
+    """The run's network with the weights of its best (else last) checkpoint, in eval mode;
+    for a k-fold ensemble run (without ``checkpoint``), the :class:`~medclf.models.ensemble.Ensemble`
+    of its fold models, each with the output prior of the images it trained on.
 
     Checkpoints are read with ``weights_only=True``. The logits are shifted to
     ``train.output_prior`` (:func:`medclf.models.prior.apply_output_prior`), as after training.
@@ -74,13 +77,29 @@ def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.n
         RunDirError: the checkpoint is missing, damaged, holds code or objects that are not
             weights, or does not fit the run's network (names the file).
     """
-    model_cfg = run.config.model.model_copy(update={"weights": str(checkpoint or run.checkpoint)})
+    if run.is_ensemble and checkpoint is None:
+        split = run.split()
+        return Ensemble([_network(run, path, training_counts(fold_training_rows(split, k), run.class_names))
+                         for k, path in enumerate(run.fold_checkpoints())]).eval()
+    return _network(run, checkpoint or run.checkpoint, training_counts(run.split(), run.class_names))
+
+
+def _network(run: rundir.Run, checkpoint: str | Path, counts) -> torch.nn.Module:
+    model_cfg = run.config.model.model_copy(update={"weights": str(checkpoint)})
     try:
         model = create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
     except ConfigError as err:  # the weights are the run's checkpoint, not the user's model.weights
         raise RunDirError(str(err).replace("model.weights: ", "checkpoint: ", 1)) from None
-    apply_output_prior(model, training_counts(run.split(), run.class_names), run.config.train)
+    apply_output_prior(model, counts, run.config.train)
     return model
+
+
+def fold_training_rows(split: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The rows of a split table that fold ``fold``'s model of an ensemble run trained on:
+    the pooled training rows (``fold >= 0``) of the other folds, as split ``train``."""
+    rows = split[(split.fold >= 0) & (split.fold != fold)].copy()
+    rows["split"] = "train"
+    return rows
 
 
 def training_counts(split: pd.DataFrame, class_names: list[str]) -> np.ndarray:

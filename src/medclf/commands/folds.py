@@ -1,0 +1,167 @@
+"""The small-data protocol of ``medclf train``: k models on stratified, grouped folds of
+the pooled training and validation images, their out-of-fold predictions, and the
+evaluation of their ensemble (nnU-Net's 5-fold cross-validation, Isensee et al. 2021).
+
+A fold whose ``fold_predictions.csv`` exists has finished and is skipped on resume; a fold
+killed mid-training continues from its own ``checkpoints/last.ckpt``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import rundir
+from ..checkpoints import read_run_checkpoint
+from ..config import Config
+from ..data.folds import assign_folds, duplicate_pairs
+from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
+from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
+from ..inspect import leaked_paths
+from ..io import write_csv, write_json
+from ..models import create_model
+from ..models.prior import apply_output_prior
+from ..training.fit import build_trainer, class_weights, fit, launch_rank, stopped_early
+from ..training.module import Classifier
+
+log = logging.getLogger("medclf")
+
+
+def pool_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pooled training rows in the order of the pooled tensors: ``train`` then ``val``."""
+    return pd.concat([frame[frame.split == "train"], frame[frame.split == "val"]])
+
+
+def plan_folds(run_dir: Path, cfg: Config, manifest, splits: dict) -> np.ndarray:
+    """Fold of every pooled row (``train`` then ``val`` order); rank 0 stores it as the
+    ``fold`` column of ``split.csv`` (-1 for test rows), which resume and the other DDP
+    processes read back so that every process trains the same folds."""
+    pooled = pool_frame(manifest.frame)
+    stored = run_dir / rundir.SPLIT
+    if stored.is_file():
+        table = pd.read_csv(stored, dtype={"path": str, "label": str})
+        if "fold" in table.columns and set(pooled.path) <= set(table.path):
+            return table.set_index("path").loc[pooled.path, "fold"].to_numpy(dtype=int)
+    inspection_path = run_dir / rundir.INSPECTION
+    inspection = json.loads(inspection_path.read_text(encoding="utf-8")) if inspection_path.is_file() else {}
+    labels = torch.cat([splits["train"][1], splits["val"][1]]).numpy()
+    folds = assign_folds(pooled, labels, cfg.train.folds, cfg.seed, duplicate_pairs(inspection))
+    if launch_rank() == 0:
+        table = manifest.frame.copy()
+        table["fold"] = -1
+        table.loc[pooled.index, "fold"] = folds
+        write_csv(stored, table)
+    return folds
+
+
+def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool, started: float,
+              callbacks: list | None = None, evaluate_test: bool = True) -> tuple[dict, bool]:
+    """Train (or finish) every fold, then evaluate the ensemble on the test split with the
+    out-of-fold predictions as its validation.
+
+    Args:
+        splits: ``{split: (images, labels)}`` preprocessed, images ``(N, C, H, W)`` or
+            ``(N, C, D, H, W)``; ``train`` and ``val`` are pooled.
+
+    Returns:
+        ``(test metrics, is_global_zero)``; the metrics are empty without ``evaluate_test``
+        and in the other processes of a DDP run.
+
+    Raises:
+        DataError: fewer patients/images than folds. MedclfError as :func:`medclf.commands.train.train`.
+    """
+    folds = plan_folds(run_dir, cfg, manifest, splits)
+    images = torch.cat([splits["train"][0], splits["val"][0]])
+    labels = torch.cat([splits["train"][1], splits["val"][1]])
+    pooled = pool_frame(manifest.frame)
+    k = cfg.train.folds
+    log.warning("%d-fold ensemble: %s images per fold", k, np.bincount(folds, minlength=k).tolist())
+    rank0 = True
+    for fold in range(k):
+        held = folds == fold
+        done = rundir.fold_dir(run_dir, fold) / rundir.FOLD_DONE
+        if done.is_file():
+            continue
+        rank0 = _fit_fold(run_dir, cfg, manifest, fold, (images[~held], labels[~held]),
+                          EvaluationSplit(images[held], labels[held], pooled[held]), splits["test"],
+                          progress, callbacks)
+    if not rank0:
+        return {}, False
+    out_of_fold = _gather_out_of_fold(run_dir, pooled, manifest.class_names, k)
+    if not evaluate_test:
+        return {}, True
+    run = rundir.load_run(run_dir)
+    ensemble = load_model(run)
+    frame = manifest.frame
+    test = EvaluationSplit(*splits["test"], frame[frame.split == "test"])
+    pooled_split = EvaluationSplit(images, labels, pooled)
+    inspection_path = run_dir / rundir.INSPECTION
+    inspection = json.loads(inspection_path.read_text(encoding="utf-8")) if inspection_path.is_file() else None
+    # every pooled image trained some member: a test copy of a validation image leaks too
+    leaks = {"val": set(), "test": leaked_paths(inspection, "test", ("train", "val")) if inspection else set()}
+    extra = {"checkpoint_epoch": cfg.train.max_epochs - 1, "epochs_run": cfg.train.max_epochs, "folds": k,
+             "world_size": 1, "train_time_s": round(time.perf_counter() - started, 1)}
+    metrics = evaluate_model(ensemble, run_dir, manifest.class_names, test, pooled_split, cfg,
+                             f"{rundir.FOLDS_DIR}/fold_*/{rundir.LAST}", extra, leaks,
+                             pick_device(cfg.trainer.accelerator), out_of_fold=out_of_fold)
+    return metrics, True
+
+
+def _fit_fold(run_dir: Path, cfg: Config, manifest, fold: int, train: tuple, held: EvaluationSplit,
+              test: tuple, progress: bool, callbacks: list | None) -> bool:
+    """Train fold ``fold`` (resuming from its ``last.ckpt``) and write its out-of-fold
+    predictions. Returns False in the non-zero processes of a DDP run."""
+    folder = rundir.fold_dir(run_dir, fold)
+    (folder / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    num_classes = manifest.num_classes
+    L.seed_everything(cfg.seed + fold, workers=True, verbose=False)  # members differ in initialisation too
+    network = create_model(cfg.model, cfg.data.in_channels, num_classes)
+    weights = class_weights(train[1], num_classes, cfg.train.class_weights, cfg.train.sampler)
+    module = Classifier(network, num_classes, cfg.train, weights)
+    trainer = build_trainer(cfg, folder, progress, n_train=len(train[1]))
+    trainer.callbacks.extend(callbacks or [])
+    last = folder / rundir.LAST
+    ckpt = None
+    if last.is_file():
+        saved = read_run_checkpoint(last)  # refuses a file holding code before Lightning reads it
+        finished = stopped_early(saved) or int(saved.get("epoch", -1)) + 1 >= cfg.train.max_epochs
+        log.warning("fold %d: resuming after epoch %d", fold, int(saved.get("epoch", -1)))
+        ckpt = None if finished else str(last)
+        if finished:
+            trainer = None
+    log.warning("fold %d of %d: training on %d images, validating on %d", fold + 1, cfg.train.folds,
+                len(train[1]), len(held.labels))
+    if trainer is not None:
+        fit(trainer, module, {"train": train, "val": (held.images, held.labels), "test": test}, cfg, folder, ckpt)
+        if not trainer.is_global_zero:
+            return False
+    module.load_state_dict(read_run_checkpoint(last)["state_dict"])
+    counts = np.bincount(train[1].numpy(), minlength=num_classes)
+    apply_output_prior(module.model, counts, cfg.train)
+    device = pick_device(cfg.trainer.accelerator)
+    probabilities = predict_probabilities(module.model, held.images, cfg.eval.batch_size, device)
+    if cfg.eval.tta:
+        probabilities = predict_tta(module.model, held.images, cfg, device, probabilities)[0]
+    table = pd.DataFrame({"path": held.frame.path.to_numpy(), "label": held.frame.label.to_numpy(), "fold": fold})
+    for c, name in enumerate(manifest.class_names):
+        table[f"prob_{name}"] = probabilities[:, c]
+    write_csv(folder / rundir.FOLD_DONE, table)  # written last: the fold counts as finished from here
+    return True
+
+
+def _gather_out_of_fold(run_dir: Path, pooled: pd.DataFrame, class_names: list[str], k: int) -> np.ndarray:
+    """Out-of-fold probabilities ``(N_pool, num_classes)`` in pooled order, from the folds'
+    files; also written as ``oof_predictions.csv``."""
+    table = pd.concat([pd.read_csv(rundir.fold_dir(run_dir, f) / rundir.FOLD_DONE, dtype={"path": str, "label": str})
+                       for f in range(k)]).set_index("path").loc[pooled.path]
+    columns = [f"prob_{name}" for name in class_names]
+    write_csv(run_dir / rundir.OOF_PREDICTIONS, table.reset_index())
+    write_json(run_dir / rundir.FOLDS_DIR / "folds.json",
+               {"folds": k, "images_per_fold": table.fold.value_counts().sort_index().astype(int).tolist()})
+    return table[columns].to_numpy(dtype=np.float64)
