@@ -20,6 +20,7 @@ from .data.formats import probe
 from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
 from .io import write_json
+from .training.budget import epochs_for_budget
 
 
 @dataclass
@@ -63,7 +64,21 @@ def plan_run(data, config=None, overrides=None) -> Planned:
     facts = fingerprint(manifest)
     planned = plan_config(facts)
     resolved = validate(deep_merge(planned, deep_merge(tree, {"data": {"source": source}})))
+    if resolved.train.time_budget_s and "max_epochs" not in tree.get("train", {}):
+        # the budget sizes the epochs of the network and images actually chosen (user settings included)
+        resolved.train.max_epochs = epochs_for_budget(resolved, n_pool(facts), n_train(facts),
+                                                      Planner.MIN_BUDGET_EPOCHS, planned["train"]["max_epochs"])
     return Planned(source, manifest, facts, planned, resolved)
+
+
+def n_train(facts: dict) -> int:
+    """Training images of a fingerprint (``counts["train"]``)."""
+    return sum(facts["counts"].get("train", {}).values())
+
+
+def n_pool(facts: dict) -> int:
+    """Training plus validation images of a fingerprint: the pool the k folds split."""
+    return n_train(facts) + sum(facts["counts"].get("val", {}).values())
 
 
 def write_plan(run_dir: str | Path, planned: Planned) -> Path:
@@ -159,9 +174,10 @@ class Planner:
     decision may read what an earlier one set (the small-image settings read the planned
     ``data.image_size``, the 3D network the planned grid).
 
-    The choices were made for a 2-core CPU. The figures measured for them (and the
-    scripts in ``bench/`` that repeat the measurements) are on the documentation's
-    Benchmarks page (``docs/benchmarks.md``), not here.
+    The choices were made for a 2-core CPU. Their reasons below are principles, not
+    figures: what each choice scores, on validation or out-of-fold predictions beside the
+    test split, over several seeds, is measured by ``bench/suite.py`` and shown on the
+    documentation's Benchmarks page (``docs/benchmarks.md``), which that script writes.
 
     Args:
         fp: a fingerprint as :func:`fingerprint` returns it. Read keys: ``spatial_dims``
@@ -228,6 +244,22 @@ class Planner:
     LR_3D = 1e-3
     """Volumes: peak learning rate ``train.lr``."""
 
+    FOLDS = 5
+    """Small 2D training sets: ``train.folds``, the models of the k-fold ensemble."""
+    FOLDS_MAX_IMAGES = 2000
+    """2D: pooled training and validation images at or under which the k-fold protocol is planned."""
+    FOLDS_MIN_PER_CLASS = 20
+    """Fewest pooled images of every class for the k-fold protocol: with fewer, a held-out fold
+    holds under 4 images of a class, too few to stratify once patients and copies are grouped."""
+    FOLDS_IMAGE_SIDE = 160
+    """2D, k-fold protocol: largest planned side, pixels (k models share the time of one)."""
+    BUDGET_FOLDS_S = 120.0
+    """k-fold protocol: ``train.time_budget_s``, seconds of training for all folds together."""
+    BUDGET_2D_S = 900.0
+    """2D, one model: ``train.time_budget_s``, seconds of training."""
+    MIN_BUDGET_EPOCHS = 8
+    """Fewest epochs a time budget may plan."""
+
     def __init__(self, fp: dict) -> None:
         self.fp = fp
 
@@ -259,6 +291,7 @@ class Planner:
             self.determine_tta(cfg)
             return cfg
         self.determine_image_size(cfg)
+        self.determine_protocol(cfg)
         self.determine_normalization(cfg)
         self.determine_small_image_network(cfg)
         self.determine_small_image_augmentation(cfg)
@@ -282,8 +315,7 @@ class Planner:
 
         Why: up-weighting a few hundred minority images in the loss lets them dominate the
         gradient and the network fits them; drawing them more often, each time augmented
-        differently, does not. Class weights also left the threshold-0.5 predictions of a
-        3D run nearly all positive. Applies to 2D and 3D alike.
+        differently, does not. Applies to 2D and 3D alike.
 
         Args:
             cfg: the configuration being planned, changed in place.
@@ -299,10 +331,9 @@ class Planner:
         Why: under mild imbalance the training split likely shows the prevalence the model
         will meet, so the logits are shifted back to its class frequencies after (balanced)
         training: calibrated probabilities whose arg-max maximises accuracy. Stronger
-        imbalance usually comes from how a set was collected or reduced (PneumoniaMNIST's
-        copy is far more imbalanced in training than in test), so the outputs stay
-        prevalence-free. Balanced batches without the shift cost accuracy at the training
-        prevalence.
+        imbalance usually comes from how a set was collected or reduced (a training split
+        reduced to one class in ten says nothing about the clinic's prevalence), so the
+        outputs stay prevalence-free.
 
         Args:
             cfg: the configuration being planned, changed in place.
@@ -332,8 +363,7 @@ class Planner:
         """``preprocess.normalization``: 'scale255' for volumes stored as uint8 ``.npz``
         arrays (MedMNIST), whose full 0-255 scale is meaningful (a mask or a fixed
         intensity scale), instead of the per-volume percentile stretch. 2D images keep the
-        default 'percentile' (the small-image plan moved from 'scale255' to it after
-        measurements on PneumoniaMNIST).
+        default 'percentile', robust to exposure differences between machines.
 
         Args:
             cfg: the configuration being planned, changed in place.
@@ -371,6 +401,35 @@ class Planner:
         side = min(self.MAX_SIDE_2D, smallest_side)
         cfg.data.image_size = [side, side]
 
+    def determine_protocol(self, cfg: Config) -> None:
+        """The small-data protocol and the time budget of 2D training.
+
+        With at most :attr:`FOLDS_MAX_IMAGES` pooled training and validation images, and at
+        least :attr:`FOLDS_MIN_PER_CLASS` of every class:
+        ``train.folds`` = :attr:`FOLDS` (the k-fold ensemble, nnU-Net's practice), the side
+        capped at :attr:`FOLDS_IMAGE_SIDE`, early stopping off (every fold trains the
+        planned epochs and keeps its last weights: a checkpoint picked on a few dozen images
+        is luck, and picking it on the fold would bias the out-of-fold figures), and
+        ``train.time_budget_s`` = :attr:`BUDGET_FOLDS_S`. Larger sets train one model within
+        :attr:`BUDGET_2D_S`. :func:`plan_run` turns the budget into ``train.max_epochs``
+        (:func:`medclf.training.budget.epochs_for_budget`).
+
+        Args:
+            cfg: the configuration being planned (its ``data.image_size`` already planned),
+                changed in place.
+        """
+        counts = self.fp["counts"]
+        per_class = [counts.get("train", {}).get(c, 0) + counts.get("val", {}).get(c, 0)
+                     for c in counts.get("train", {})]
+        if n_pool(self.fp) <= self.FOLDS_MAX_IMAGES and per_class and min(per_class) >= self.FOLDS_MIN_PER_CLASS:
+            cfg.train.folds = self.FOLDS
+            cfg.train.early_stopping.enabled = False
+            side = min(min(cfg.data.image_size), self.FOLDS_IMAGE_SIDE)
+            cfg.data.image_size = [side, side]
+            cfg.train.time_budget_s = self.BUDGET_FOLDS_S
+        else:
+            cfg.train.time_budget_s = self.BUDGET_2D_S
+
     def _small_image(self, cfg: Config) -> bool:
         """True for 2D images whose planned side is under :attr:`SMALL_IMAGE_SIDE`."""
         return self.spatial_dims == 2 and min(cfg.data.image_size) < self.SMALL_IMAGE_SIDE
@@ -392,7 +451,7 @@ class Planner:
     def determine_small_image_augmentation(self, cfg: Config) -> None:
         """Small 2D images: batched augmentation (per-image transforms would cost more than
         the network) and no left-right flip (a flipped thumbnail radiograph shows an anatomy
-        that does not occur; it lowered the ROC AUC on PneumoniaMNIST).
+        that does not occur: the heart on the right).
 
         Args:
             cfg: the configuration being planned, changed in place.
@@ -405,9 +464,9 @@ class Planner:
         """Small 2D images: :attr:`SMALL_MAX_EPOCHS` epochs, patience :attr:`SMALL_PATIENCE`,
         and an exponential moving average of the weights over :attr:`EMA_EPOCHS` epochs.
 
-        Why the average: without it the validation ROC AUC saturates near 1 while the
-        held-out ROC AUC swings from epoch to epoch, so the checkpoint chosen on validation
-        is a matter of luck; the averaged weights are steadier across seeds.
+        Why the average: the validation ROC AUC of such sets saturates near 1, so the
+        checkpoint chosen on validation is close to a draw among near-equal epochs; averaged
+        weights change slowly from epoch to epoch, so the draw matters less.
 
         Args:
             cfg: the configuration being planned, changed in place.
@@ -449,17 +508,15 @@ class Planner:
 
         Four conv-BN-ReLU blocks of stride 1 (:attr:`FILTERS_3D` channels, kernel 3), each
         followed by a 2x max-pool, global average pooling, dropout :attr:`DROPOUT_3D` and a
-        linear classifier: the plain 3D CNN of the tutorials, which a strided stem and
-        strided stages (averaging, not max) do not match on masks; only max-pooled input
-        and a max-pooling network together gained.
+        linear classifier: the plain 3D CNN of the tutorials. Max-pooling keeps the thin
+        bright structures of masks that strided (averaging) stages thin out.
 
         Masks (``fp["binary"]``) add a projection branch (``model.projection_branch``,
         :class:`~medclf.models.projection.VolumeAndProjections`): a 2D network of the same
         style on the mean and maximum projections along each axis, at the full planned
         grid, averaged (logits) with the 3D network, which sees the mask max-pooled once
-        more (``model.volume_pool=1``) when the grid exceeds :attr:`GRID_3D`. The two
-        networks disagree more than two 3D CNNs of different seeds do, which is why their
-        average gains where an ensemble of 3D CNNs does not.
+        more (``model.volume_pool=1``) when the grid exceeds :attr:`GRID_3D`: two views that
+        err on different volumes, averaged (the multi-view CNN of Su et al. 2015).
 
         Args:
             cfg: the configuration being planned (its ``data.image_size`` already planned),
@@ -501,7 +558,7 @@ class Planner:
         :attr:`EMA_EPOCHS` epochs.
 
         Why the average: the validation split of a 3D set is small and its ROC AUC noisy;
-        without the average the best checkpoint was sometimes an early, badly calibrated one.
+        averaged weights change slowly, so the checkpoint picked on it matters less.
 
         Args:
             cfg: the configuration being planned, changed in place.

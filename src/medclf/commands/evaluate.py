@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from .. import rundir
 from ..data.prepare import prepare_images
 from ..data.sources import Manifest, discover_labelled, discover_source
-from ..errors import DataError
+from ..errors import DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
 from ..evaluation.metrics import summary_lines
 from ..evaluation.predict import load_model, pick_device
@@ -55,8 +57,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     images, kept, bad = prepare_images(manifest, run.config)
     test = EvaluationSplit(images, pd.Series(kept.labels("test")).to_numpy(), kept.frame)
     val_frame = split[split.split == "val"]
-    val = None
-    if len(val_frame):  # the operating threshold and temperature come from the run's validation split
+    val = out_of_fold = None
+    if run.is_ensemble:  # the threshold and temperature come from the out-of-fold predictions
+        val, out_of_fold = _out_of_fold(run)
+    elif len(val_frame):  # the operating threshold and temperature come from the run's validation split
         val_manifest = Manifest(val_frame[["path", "label"]].assign(split="test").reset_index(drop=True),
                                 run.class_names)
         val_images, val_kept, _ = prepare_images(val_manifest, run.config.model_copy(
@@ -65,10 +69,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
     leaked = _leaked(run)
     if data is not None:  # the inspection knows the run's own test split only
         leaked["test"] = set()
-    checkpoint = str(run.checkpoint.relative_to(run.path))
+    checkpoint = f"{rundir.FOLDS_DIR}/fold_*/{rundir.LAST}" if run.is_ensemble \
+        else str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
     metrics = evaluate_model(load_model(run), out, run.class_names, test, val, run.config, checkpoint, extra,
-                             leaked, pick_device(run.config.trainer.accelerator))
+                             leaked, pick_device(run.config.trainer.accelerator), out_of_fold=out_of_fold)
     if data is None:  # the run's own test split: refresh its gallery and report
         after_evaluation(run.path, run.config)
     return out, metrics
@@ -76,12 +81,32 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
 
 def _leaked(run: rundir.Run) -> dict[str, set[str]]:
     """Validation and test images that the run's ``inspection.json`` found duplicating
-    training images (none when the run has no inspection)."""
+    training images (none when the run has no inspection). An ensemble trained on its
+    validation images too: test copies of them count, and no out-of-fold image does."""
     path = run.path / rundir.INSPECTION
     if not path.is_file():
         return {"val": set(), "test": set()}
     inspection = json.loads(path.read_text(encoding="utf-8"))
+    if run.is_ensemble:
+        return {"val": set(), "test": leaked_paths(inspection, "test", ("train", "val"))}
     return {split: leaked_paths(inspection, split) for split in ("val", "test")}
+
+
+def _out_of_fold(run: rundir.Run) -> tuple[EvaluationSplit, np.ndarray]:
+    """An ensemble run's out-of-fold predictions (``oof_predictions.csv``) as the validation
+    split: ``(split without images, probabilities (N, num_classes))``.
+
+    Raises:
+        RunDirError: the file is missing (the run has not finished its folds).
+    """
+    path = run.path / rundir.OOF_PREDICTIONS
+    if not path.is_file():
+        raise RunDirError(f"{run.path} is an ensemble run without {rundir.OOF_PREDICTIONS}: its folds have not "
+                          "finished; resume it with 'medclf train --resume'")
+    table = pd.read_csv(path, dtype={"path": str, "label": str})
+    labels = np.array([run.class_names.index(name) for name in table.label])
+    probabilities = table[[f"prob_{name}" for name in run.class_names]].to_numpy(dtype=np.float64)
+    return EvaluationSplit(torch.empty(0), labels, table), probabilities
 
 
 def main(args) -> int:

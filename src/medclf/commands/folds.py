@@ -21,7 +21,7 @@ from .. import rundir
 from ..checkpoints import read_run_checkpoint
 from ..config import Config
 from ..data.folds import assign_folds, duplicate_pairs
-from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
+from ..evaluation.checkpoint import EvaluationSplit, evaluate_model, write_validation_metrics
 from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
 from ..inspect import leaked_paths
 from ..io import write_csv, write_json
@@ -94,6 +94,7 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     if not rank0:
         return {}, False
     out_of_fold = _gather_out_of_fold(run_dir, pooled, manifest.class_names, k)
+    write_validation_metrics(run_dir, labels.numpy(), out_of_fold, manifest.class_names, "out_of_fold")
     if not evaluate_test:
         return {}, True
     run = rundir.load_run(run_dir)

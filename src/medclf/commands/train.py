@@ -27,9 +27,10 @@ from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
 from ..models.prior import apply_output_prior
-from ..plan import fingerprint, plan_run, read_plan, write_plan
+from ..plan import fingerprint, n_pool, n_train, plan_run, read_plan, write_plan
 from ..provenance import provenance
 from ..training import auto_lr
+from ..training.budget import planned_seconds
 from ..training.fit import RUN_DIR_ENV, build_trainer, class_weights, fit, launch_rank, stopped_early
 from ..training.module import Classifier
 from ..training.reliability import remove_stale_temporaries
@@ -110,6 +111,8 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
         write_plan(run_dir, planned)
     else:  # a DDP process launched by rank 0 (or by torchrun/SLURM): write nothing of its own
         run_dir = Path(os.environ.get(RUN_DIR_ENV) or tempfile.mkdtemp(prefix="medclf-rank"))
+    if rank == 0:
+        log.warning("%s", planned_time_line(cfg, planned.fingerprint))
     splits, manifest, bad = _prepare(manifest, cfg)
     lr_record = None
     if cfg.train.lr == "auto":  # LR range test at the initial weights; config.yaml gets the number
@@ -122,6 +125,17 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
             auto_lr.record_choice(run_dir, cfg, lr_record)
     return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=None,
                              callbacks=callbacks, evaluate_test=evaluate_test)
+
+
+def planned_time_line(cfg: Config, facts: dict) -> str:
+    """One line saying what will be trained and its estimated time on a 2-core CPU
+    (:func:`medclf.training.budget.planned_seconds`)."""
+    seconds = planned_seconds(cfg, n_pool(facts), n_train(facts))
+    models = f"{cfg.train.folds} fold models" if cfg.train.folds >= 2 else "one model"
+    size = "x".join(str(s) for s in cfg.data.image_size)
+    budget = f" (train.time_budget_s={cfg.train.time_budget_s:g})" if cfg.train.time_budget_s else ""
+    return (f"planned: {models}, {cfg.train.max_epochs} epochs each, {size} pixels: about "
+            f"{seconds / 60:.1f} min of training on a 2-core CPU{budget}")
 
 
 def _prepare(manifest, cfg):
@@ -201,7 +215,8 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
         auto_lr.record_choice(run_dir, cfg, record)
     ckpt = run_dir / rundir.LAST
     if not ckpt.exists():
-        log.warning("%s has no checkpoint yet: training starts from the first epoch", run_dir)
+        if cfg.train.folds < 2:  # an ensemble's folds resume from their own checkpoints
+            log.warning("%s has no checkpoint yet: training starts from the first epoch", run_dir)
         ckpt = None
     return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=ckpt)
 

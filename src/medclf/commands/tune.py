@@ -186,7 +186,7 @@ def tune(data: str | Path, space: str | Path | dict, sampler: str = "tpe", trial
             raise
         trial.set_user_attr("run_dir", os.path.relpath(result.run_dir, search_dir))
         trial.set_user_attr("config", yaml_load(result.run_dir / rundir.CONFIG))  # for best.yaml anywhere
-        summary = best_epoch(result.run_dir / rundir.METRICS, metric)
+        summary = _trial_summary(result.run_dir, metric)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         _say(f"trial {trial.number}: best {metric} {summary.get(metric, math.nan):.4f} at epoch "
@@ -295,3 +295,15 @@ def main(args) -> int:
         print("the study does not have all its trials yet (other workers?): run the command again to continue")
     print(result.search_dir)
     return 0
+
+
+def _trial_summary(run_dir: Path, metric: str) -> dict:
+    """The trial's validation figures: of its best epoch (metrics.csv), or for a k-fold
+    ensemble trial its out-of-fold figures (``validation_metrics.json``: every pooled image
+    predicted by the fold model that did not train on it)."""
+    if (run_dir / rundir.METRICS).is_file():
+        return best_epoch(run_dir / rundir.METRICS, metric)
+    record = json.loads((run_dir / rundir.VALIDATION_METRICS).read_text(encoding="utf-8"))
+    config = yaml_load(run_dir / rundir.CONFIG)
+    return {metric: float(record[metric.removeprefix("val_")]),
+            "epochs_run": int(config["train"]["max_epochs"]), "best_epoch": int(config["train"]["max_epochs"]) - 1}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import log_loss
 
 from .. import rundir
 from ..io import write_json
@@ -97,14 +98,16 @@ def evaluate_model(model: torch.nn.Module, out: str | Path, class_names: list[st
 def write_validation_metrics(out: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str],
                              kind: str) -> dict:
     """Write ``validation_metrics.json``: ``kind`` ('validation' or 'out_of_fold'), ``n``,
-    ``accuracy``, ``balanced_accuracy`` and macro ``roc_auc`` of the predictions the run's
-    choices (checkpoint, threshold, temperature) were made on.
+    ``accuracy``, ``balanced_accuracy``, macro ``roc_auc`` and ``loss`` (cross-entropy,
+    scikit-learn ``log_loss``) of the predictions the run's choices (checkpoint,
+    threshold, temperature) were made on.
 
     Args:
         labels: int ``(N,)`` class indices; probabilities: float ``(N, num_classes)``.
     """
     found = classification_metrics(np.asarray(labels), probabilities, class_names)
     record = {"kind": kind, "n": int(len(labels)),
-              **{key: found[key] for key in ("accuracy", "balanced_accuracy", "roc_auc")}}
+              **{key: found[key] for key in ("accuracy", "balanced_accuracy", "roc_auc")},
+              "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1), labels=range(len(class_names))))}
     write_json(out / rundir.VALIDATION_METRICS, record)
     return record

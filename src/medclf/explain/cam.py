@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.ensemble import Ensemble
 from ..models.hooks import forward_with_hooks
 
 METHODS = ("gradcam", "gradcampp", "occlusion")
@@ -83,6 +84,10 @@ class Saliency:
             last convolutional block (:func:`find_target_layer`) on the first call.
         mask_size: occlusion box size, pixels/voxels (None: 1/6 of the smallest side, >= 3).
 
+    An :class:`~medclf.models.ensemble.Ensemble` is explained by the average of its members'
+    maps (each min-max scaled, then the mean scaled again), ``target_layer`` naming a layer
+    of each member.
+
     Raises:
         ConfigError: unknown method or layer name.
     """
@@ -91,6 +96,11 @@ class Saliency:
                  mask_size: int | None = None):
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; available: {', '.join(METHODS)}")
+        # an ensemble's map is the average of its members' maps (each member at its own layer)
+        self.members = [Saliency(m, method, target_layer, mask_size) for m in model.members] \
+            if isinstance(model, Ensemble) else None
+        if self.members:
+            return
         self.model = copy.deepcopy(model).float().eval()
         for p in self.model.parameters():
             p.requires_grad_(True)
@@ -120,6 +130,9 @@ class Saliency:
             float32 array ``(N, *spatial)`` in [0, 1]; 1 marks what most supports the class.
         """
         images = torch.as_tensor(images).float()
+        if self.members:
+            mean = np.mean([member(images, class_index) for member in self.members], axis=0)
+            return _normalise(torch.from_numpy(mean)[:, None])[:, 0].numpy().astype(np.float32)
         indices = [class_index] * len(images) if isinstance(class_index, int) else list(class_index)
         if self.method == "occlusion":
             return np.stack([self._occlusion(images[i:i + 1], indices[i]) for i in range(len(images))])

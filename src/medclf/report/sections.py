@@ -23,6 +23,16 @@ def summary(ctx: ReportContext) -> str | None:
         parts.append(f'<p class="headline">Test split ({metrics.get("n")} images): accuracy '
                      f'<b>{fmt(metrics.get("accuracy"))}</b>, balanced accuracy '
                      f'<b>{fmt(metrics.get("balanced_accuracy"))}</b>, ROC AUC <b>{fmt(metrics.get("roc_auc"))}</b></p>')
+        validation = ctx.json(rundir.VALIDATION_METRICS)
+        if validation:
+            kind = "out-of-fold predictions" if validation.get("kind") == "out_of_fold" else "validation split"
+            parts.append(f'<p>Decided on ({esc(kind)}, {validation.get("n")} images): accuracy '
+                         f'{fmt(validation.get("accuracy"))}, balanced accuracy '
+                         f'{fmt(validation.get("balanced_accuracy"))}, ROC AUC {fmt(validation.get("roc_auc"))}</p>')
+        folds = ctx.json(f"{rundir.FOLDS_DIR}/folds.json")
+        if folds:
+            rows.append(["ensemble", f'{folds["folds"]} fold models (images held out per fold: '
+                                     f'{", ".join(str(n) for n in folds["images_per_fold"])})'])
         rows += [["checkpoint", metrics.get("checkpoint")],
                  ["checkpoint epoch", metrics.get("checkpoint_epoch")],
                  ["epochs run", metrics.get("epochs_run")],

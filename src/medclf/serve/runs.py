@@ -174,8 +174,8 @@ class RunStore:
         """The run with its model loaded (once, then cached)."""
         path = self.path(name)
         run = self.load(name)
-        try:
-            checkpoint = run.checkpoint
+        try:  # an ensemble run: its last fold's weights stand for the whole (they are written last)
+            checkpoint = run.fold_checkpoints()[-1] if run.is_ensemble else run.checkpoint
         except RunDirError as err:
             raise RunNotFound(str(err)) from None
         stat = checkpoint.stat()
@@ -183,14 +183,15 @@ class RunStore:
         with self._lock:
             loaded = self._models.get(name)
             if loaded is None or loaded.stamp != stamp or loaded.run.path != path:
-                model = load_model(run, checkpoint).to(self.device).eval()
+                model = load_model(run, None if run.is_ensemble else checkpoint).to(self.device).eval()
                 loaded = LoadedRun(name, run, model, self.device, stamp)
                 self._models[name] = loaded
         return loaded
 
 
 def _has_checkpoint(path: Path) -> bool:
-    return (path / rundir.BEST).is_file() or (path / rundir.LAST).is_file()
+    return (path / rundir.BEST).is_file() or (path / rundir.LAST).is_file() \
+        or (path / rundir.OOF_PREDICTIONS).is_file()  # an ensemble run whose folds have finished
 
 
 def _read_json(path: Path) -> dict | None:

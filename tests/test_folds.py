@@ -1,0 +1,154 @@
+"""The small-data protocol: stratified folds grouped by patient and by duplicate group, the
+ensemble's probabilities, the planned protocol and time, and an ensemble run that is killed
+mid-fold and resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medclf.data.folds import assign_folds, duplicate_pairs, fold_groups
+from medclf.models.ensemble import Ensemble
+from medclf.plan import Planner
+
+from conftest import make_dataset
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _frame(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"path": [f"/d/{i}.png" for i in range(n)],
+                          "patient_id": rng.integers(0, 50, n).astype(str)})
+    labels = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    return frame, labels
+
+
+def test_folds_are_stratified_and_keep_patients_and_copies_together():
+    frame, labels = _frame()
+    pairs = [("/d/0.png", "/d/7.png"), ("/d/7.png", "/d/99.png"), ("/d/3.png", "/d/50.png")]
+    folds = assign_folds(frame, labels, 5, seed=1, pairs=pairs)
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+    # no patient in two folds
+    assert frame.assign(fold=folds).groupby("patient_id").fold.nunique().max() == 1
+    # a chain of copies 0 ~ 7 ~ 99 stays in one fold, as does 3 ~ 50 (even across patients)
+    assert folds[0] == folds[7] == folds[99] and folds[3] == folds[50]
+    # every fold holds every class, near the overall share
+    for k in range(5):
+        share = np.bincount(labels[folds == k], minlength=3) / (folds == k).sum()
+        assert np.all(share > 0) and np.abs(share - np.bincount(labels) / len(labels)).max() < 0.15
+    # the same seed gives the same folds, another seed other folds
+    assert np.array_equal(folds, assign_folds(frame, labels, 5, seed=1, pairs=pairs))
+    assert not np.array_equal(folds, assign_folds(frame, labels, 5, seed=2, pairs=pairs))
+
+
+def test_duplicate_pairs_and_groups_from_an_inspection():
+    inspection = {"exact_duplicates": [{"files": [{"path": "a"}, {"path": "b"}, {"path": "c"}]}],
+                  "near_duplicates": [{"files": [{"path": "c"}, {"path": "d"}]}]}
+    pairs = duplicate_pairs(inspection)
+    assert set(pairs) == {("a", "b"), ("a", "c"), ("c", "d")}
+    groups = fold_groups(pd.DataFrame({"path": ["a", "b", "c", "d", "e"]}), pairs)
+    assert len(set(groups[:4])) == 1 and groups[4] != groups[0]
+
+
+def test_too_few_groups_for_the_folds_is_a_clear_error():
+    from medclf.errors import DataError
+    frame = pd.DataFrame({"path": list("abcdef"), "patient_id": ["p", "p", "p", "q", "q", "q"]})
+    with pytest.raises(DataError, match="train.folds=5.*only 2 distinct"):
+        assign_folds(frame, np.array([0, 1, 0, 1, 0, 1]), 5, seed=0)
+
+
+def test_ensemble_probabilities_are_the_mean_of_its_members():
+    torch.manual_seed(0)
+    members = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) for _ in range(4)]
+    x = torch.randn(5, 1, 4, 4) * 3
+    expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    got = Ensemble(members)(x).softmax(1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(got, members[0](x).softmax(1), atol=1e-3)  # it is not one member
+
+
+def test_the_plan_chooses_folds_for_small_sets_only():
+    small = {"median_size": [512, 512], "counts": {"train": {"a": 110, "b": 70}, "val": {"a": 19, "b": 12}}}
+    planned = Planner(small).plan()
+    assert planned.train.folds == Planner.FOLDS and not planned.train.early_stopping.enabled
+    assert planned.data.image_size == [Planner.FOLDS_IMAGE_SIDE] * 2 and planned.train.time_budget_s
+    large = {"median_size": [512, 512], "counts": {"train": {"a": 3000, "b": 2000}}}
+    assert Planner(large).plan().train.folds == 0
+    tiny = {"median_size": [48, 48], "counts": {"train": {"a": 12, "b": 12}}}
+    assert Planner(tiny).plan().train.folds == 0
+
+
+def test_the_budget_sizes_the_epochs(tmp_path):
+    from medclf.plan import plan_run
+    from medclf.training.budget import planned_seconds
+    data = make_dataset(tmp_path / "d", per_class=(30, 30))
+    planned = plan_run(data).config
+    assert planned.train.folds == 5
+    per_epoch = planned_seconds(planned, 60, 51, epochs=1)
+    assert per_epoch > 0
+    # a budget of 10.5 epochs plans 10; one under the floor plans the floor; max_epochs given wins
+    ten = plan_run(data, overrides=[f"train.time_budget_s={per_epoch * 10.5}"]).config
+    assert ten.train.max_epochs == 10
+    assert planned_seconds(ten, 60, 51) == pytest.approx(10 * per_epoch)
+    tiny = plan_run(data, overrides=[f"train.time_budget_s={per_epoch / 2}"]).config
+    assert tiny.train.max_epochs == Planner.MIN_BUDGET_EPOCHS
+    assert plan_run(data, overrides=["train.max_epochs=3"]).config.train.max_epochs == 3
+
+
+ARGS = ["--set", "train.folds=3", "--set", "train.max_epochs=3", "--set", "data.image_size=[24,24]",
+        "--set", "model.filters=[4,8]", "--set", "train.batch_size=4", "--set", "trainer.deterministic=true",
+        "--set", "trainer.accelerator=cpu", "--set", "seed=3", "--set", "eval.bootstrap=0", "--no-progress"]
+
+
+def _medclf(*args, fault=None):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("MEDCLF_FAULT", None)
+    if fault:
+        env["MEDCLF_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "medclf.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL in fold 1 (epoch 1, batch 1; fold 0 has finished), resume: the out-of-fold
+    and test figures equal an uninterrupted run's; the run predicts with the ensemble."""
+    data = make_dataset(tmp_path / "data", per_class=(12, 12))
+    runs = tmp_path / "runs"
+    full = _medclf("train", str(data), "--out", str(runs), "--name", "full", *ARGS)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # batch=1:1 fires in the first fold that reaches epoch 1 batch 1 (fold 0): kill it there
+    killed = _medclf("train", str(data), "--out", str(runs), "--name", "killed", *ARGS, fault="batch=1:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = runs / "killed"
+    assert (run / "folds" / "fold_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "folds" / "fold_0" / "fold_predictions.csv").exists()
+    resumed = _medclf("train", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold 0: resuming after epoch 0" in resumed.stderr
+    for name in ("validation_metrics.json", "test_metrics.json"):
+        a = json.loads((runs / "full" / name).read_text())
+        b = json.loads((run / name).read_text())
+        for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), (name, key)
+    assert json.loads((run / "validation_metrics.json").read_text())["kind"] == "out_of_fold"
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len(oof) == 24 and sorted(oof.fold.unique()) == [0, 1, 2]
+    split = pd.read_csv(run / "split.csv")
+    assert (split[split.split == "test"].fold == -1).all()
+    # predict goes through the ensemble: its probabilities are the mean of the fold models'
+    from medclf.evaluation.predict import load_model
+    from medclf.rundir import load_run
+    loaded = load_run(run)
+    ensemble = load_model(loaded)
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 3
+    x = torch.rand(2, 1, 24, 24)
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(1) for m in ensemble.members]).mean(0)
+        torch.testing.assert_close(ensemble(x).softmax(1), mean)
