@@ -19,7 +19,7 @@ def fp3d(size, train, **extra):
     return {"spatial_dims": 3, "median_size": size, "counts": {"train": train}, "readers": {"nifti": 1}, **extra}
 
 
-BALANCED = {"a": 50, "b": 50}
+BALANCED = {"a": 1500, "b": 1500}  # above Planner.FOLDS_MAX_IMAGES: one model (the k-fold plan: test_folds.py)
 
 
 def test_small_images_keep_their_size_with_a_full_resolution_narrow_network():
@@ -123,6 +123,7 @@ DECISIONS = {
     "determine_normalization": fp3d([28, 28, 28], BALANCED, readers={"npz": 1}, dtypes={"uint8": 1}),
     "determine_tta": fp3d([28, 28, 28], BALANCED),
     "determine_image_size": fp2d([100, 120], BALANCED),
+    "determine_protocol": fp2d([1500, 1600], {"a": 100, "b": 100}),
     "determine_small_image_network": fp2d([28, 28], BALANCED),
     "determine_small_image_augmentation": fp2d([28, 28], BALANCED),
     "determine_small_image_training": fp2d([28, 28], BALANCED),

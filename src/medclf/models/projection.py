@@ -66,7 +66,7 @@ class VolumeAndProjections(nn.Module):
     max-pooled ``volume_pool`` times first, to save compute), the projection network at its
     three axis projections at full resolution. Their errors are less correlated than those
     of two 3D CNNs from different seeds, so their average ranks better than either (see
-    ``medclf.plan.Planner.determine_3d_network`` (and docs/benchmarks.md for the numbers)).
+    ``medclf.plan.Planner.determine_3d_network``).
 
     Input ``(N, C, D, H, W)``; output logits ``(N, num_classes)``. The 3D branch runs last,
     so its last convolution block is the default Grad-CAM layer and heatmaps stay 3D.
