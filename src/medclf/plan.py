@@ -410,7 +410,9 @@ class Planner:
         capped at :attr:`FOLDS_IMAGE_SIDE`, early stopping off (every fold trains the
         planned epochs and keeps its last weights: a checkpoint picked on a few dozen images
         is luck, and picking it on the fold would bias the out-of-fold figures), and
-        ``train.time_budget_s`` = :attr:`BUDGET_FOLDS_S`. Larger sets train one model within
+        ``train.time_budget_s`` = :attr:`BUDGET_FOLDS_S`, and test-time augmentation by the
+        left-right flip (``eval.tta``, no shifts), which the out-of-fold predictions use too.
+        Larger sets train one model within
         :attr:`BUDGET_2D_S`. :func:`plan_run` turns the budget into ``train.max_epochs``
         (:func:`medclf.training.budget.epochs_for_budget`).
 
@@ -427,6 +429,8 @@ class Planner:
             side = min(min(cfg.data.image_size), self.FOLDS_IMAGE_SIDE)
             cfg.data.image_size = [side, side]
             cfg.train.time_budget_s = self.BUDGET_FOLDS_S
+            cfg.eval.tta = True  # left-right flips only: cheap at this size, and paid at prediction time
+            cfg.eval.tta_shift = 0.0
         else:
             cfg.train.time_budget_s = self.BUDGET_2D_S
 
