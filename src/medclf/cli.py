@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+    p = sub.add_parser("export", help="write a run's network as ONNX or TorchScript with its preprocessing metadata")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="file to write (default: RUN/export/model.onnx or model.pt); "
+                   "the metadata also goes to FILE.json")
+
     p = sub.add_parser("explain", help="heatmaps of where the model looks (Grad-CAM), per image")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files, DICOM files or series folders, NIfTI volumes, "
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("train", "evaluate", "predict", "preview", "explain", "report", "serve", "inspect", "tune", "sanity")
+COMMANDS = ("train", "evaluate", "predict", "preview", "explain", "report", "serve", "inspect", "tune", "sanity", "export")
 
 if __name__ == "__main__":
     sys.exit(main())
