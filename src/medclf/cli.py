@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="prediction backend: eager PyTorch or ONNX Runtime on the CPU (Grad-CAM stays on PyTorch; "
+                        "default: torch)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batching: how long a prediction "
+                   "waits for concurrent ones to share its forward pass, milliseconds (0: off; default: 5)")
+    p.add_argument("--max-batch", type=int, default=32, help="micro-batching: most images per forward pass "
+                   "(default: 32)")
     p = sub.add_parser("export", help="write a run's network as ONNX or TorchScript with its preprocessing metadata")
     p.add_argument("run", help="run directory")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default: onnx)")

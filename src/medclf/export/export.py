@@ -126,20 +126,51 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    path.write_bytes(onnx_bytes(model, example, metadata))
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, metadata: str | None = None) -> bytes:
+    """The serialised, checked ONNX model of ``model`` (batch axis of input and outputs
+    dynamic), with ``metadata`` (a JSON string) under the ``medclf`` metadata key.
+
+    ``model`` maps ``images`` ``(N, C, *spatial)`` to ``(logits, probabilities)``; ``example``
+    is an input of the right shape (any batch size)."""
+    import io
+
     import onnx
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript-based exporter is deprecated in favour of dynamo=True, which needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["images"], output_names=["logits", "probabilities"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"},
                                         "probabilities": {0: "batch"}})
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, metadata
+    proto = onnx.load_from_string(buffer.getvalue())
+    if metadata is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, metadata
     proto.producer_name, proto.producer_version = "medclf", __version__
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
+
+
+def onnx_session_for(model: torch.nn.Module, input_shape: list[int], threads: int | None = None):
+    """An ONNX Runtime CPU session of a network in memory (no file written).
+
+    Args:
+        model: maps ``(N, C, *spatial)`` to logits ``(N, num_classes)`` (e.g. what
+            :func:`medclf.evaluation.predict.load_model` returns); a softmax is added.
+        input_shape: ``[C, *spatial]`` of one input.
+        threads: intra-op threads (default: ONNX Runtime's choice).
+
+    Use :func:`onnx_probabilities` on the session."""
+    import onnxruntime as ort
+    data = onnx_bytes(_WithProbabilities(model).eval(), torch.zeros(2, *input_shape))
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def load_onnx_session(path: str | Path, threads: int | None = None):
