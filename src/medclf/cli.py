@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
     p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="fine-tune from another run: its model settings and "
+                   "matching layers, a new head for this task's classes; its training images are checked "
+                   "against this run's validation and test images (see train.freeze_epochs, train.backbone_lr_scale)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory of the same --name (default: pick a new name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
