@@ -2,14 +2,19 @@
 
 Starts ``medclf serve`` on 127.0.0.1 (a free port) over a run, then 20 concurrent clients
 send 200 ``POST /api/runs/{run}/predict`` requests (multipart upload of X-ray files from
-../shared/data/covid19-xray/test, cycled), first without, then with ``?gradcam=true``.
+../shared/data/covid19-xray/test, cycled), for each service setting: ``--backend torch`` and
+``--backend onnx`` (ONNX Runtime), each without micro-batching (``--batch-window-ms 0``) and
+with it (``--batch-window-ms 5 --max-batch 32``); one server per setting, started in turn.
+With ``--gradcam``, also ``?gradcam=true`` requests on the PyTorch server without batching.
 Without ``--run``, a run is trained first with default settings (default model and image
 size, so the latency is the real one) on a few training images for 2 epochs.
 
-Prints one JSON line: per mode ``p50_ms``, ``p95_ms``, ``mean_ms``, ``requests_per_s``,
-``errors``; plus the setup (image size, model, clients, requests, upload sizes).
+Prints one JSON line: per setting (``torch``, ``torch_batched``, ``onnx``, ``onnx_batched``)
+``p50_ms``, ``p95_ms``, ``mean_ms``, ``requests_per_s``, ``errors``; ``ratios``: each
+setting's requests/s over ``torch`` (measured in the same run, so comparable under load);
+plus the setup (image size, model, clients, requests, upload sizes).
 
-Usage: python bench/serve.py [--run RUNS_DIR/NAME] [--clients 20] [--requests 200]
+Usage: python bench/serve.py [--run RUNS_DIR/NAME] [--clients 20] [--requests 200] [--gradcam]
 """
 from __future__ import annotations
 
@@ -106,12 +111,37 @@ def load(port: int, run: str, bodies: list, clients: int, requests: int, gradcam
             "requests_per_s": round(len(latencies) / wall, 2), "wall_s": round(wall, 1)}
 
 
+def start_server(runs_dir: Path, port: int, backend: str, window_ms: float) -> subprocess.Popen:
+    """``medclf serve`` in a subprocess; returns once ``/api/ready`` answers 200."""
+    server = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(runs_dir), "--host", "127.0.0.1",
+                               "--port", str(port), "--backend", backend, "--batch-window-ms", str(window_ms)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(1500):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/api/ready")
+            if c.getresponse().status == 200:
+                return server
+            time.sleep(0.2)
+        except OSError:
+            if server.poll() is not None:
+                sys.exit("server failed: " + server.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+    server.terminate()
+    sys.exit("server did not become ready")
+
+
+SETTINGS = {"torch": ("torch", 0.0), "torch_batched": ("torch", 5.0), "onnx": ("onnx", 0.0),
+            "onnx_batched": ("onnx", 5.0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", help="an existing run directory (default: train one quickly)")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--train-per-class", type=int, default=10)
+    parser.add_argument("--gradcam", action="store_true", help="also time ?gradcam=true (PyTorch, no batching)")
     args = parser.parse_args()
     files = sorted(p for p in (COVID / "test").rglob("*") if p.is_file())
     bodies = [multipart(p) for p in files]
@@ -119,29 +149,18 @@ def main() -> None:
         train_start = time.perf_counter()
         run_dir = Path(args.run) if args.run else train_quick_run(Path(tmp), args.train_per_class)
         train_s = round(time.perf_counter() - train_start, 1)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(run_dir.parent),
-                                   "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            for _ in range(600):
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    c.request("GET", "/api/health")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    if server.poll() is not None:
-                        sys.exit("server failed: " + server.stderr.read().decode()[-2000:])
-                    time.sleep(0.2)
-            else:
-                sys.exit("server did not start")
-            load(port, run_dir.name, bodies[:2], 1, 2, True)  # warm-up: loads the model once
-            plain = load(port, run_dir.name, bodies, args.clients, args.requests, False)
-            cam = load(port, run_dir.name, bodies, args.clients, args.requests, True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        results = {}
+        for key, (backend, window_ms) in SETTINGS.items():
+            port = free_port()
+            server = start_server(run_dir.parent, port, backend, window_ms)
+            try:
+                load(port, run_dir.name, bodies[:2], 1, 2, False)  # warm-up of the HTTP path
+                results[key] = load(port, run_dir.name, bodies, args.clients, args.requests, False)
+                if args.gradcam and key == "torch":
+                    results["torch_gradcam"] = load(port, run_dir.name, bodies, args.clients, args.requests, True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
         config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
     sizes = sorted(len(b) for b, _ in bodies)
     print(json.dumps({
@@ -149,8 +168,10 @@ def main() -> None:
         "image_size": config["data"]["image_size"], "images": len(files),
         "upload_kb_median": round(statistics.median(sizes) / 1024), "upload_kb_max": round(sizes[-1] / 1024),
         "cpu_count": os.cpu_count(), "train_s": train_s if not args.run else None,
-        "predict": plain, "predict_gradcam": cam,
-        "errors": plain["errors"] + cam["errors"]}))
+        **results,
+        "ratios": {key: round(r["requests_per_s"] / results["torch"]["requests_per_s"], 2)
+                   for key, r in results.items()},
+        "errors": sum(r["errors"] for r in results.values())}))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,19 @@ def runs_dir(tmp_path_factory):
     return root / "runs"
 
 
+BACKENDS = ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def client(runs_dir):
-    return TestClient(create_app(runs_dir, max_upload_mb=0.2))
+def client(runs_dir, backend):
+    """The API with each prediction backend (PyTorch, ONNX Runtime), micro-batching on."""
+    return TestClient(create_app(runs_dir, max_upload_mb=0.2, backend=backend))
 
 
 def png_bytes(kind="disk", size=48, seed=0) -> bytes:
@@ -238,8 +248,9 @@ def schemathesis_run(app, force_run: str | None = None, max_examples: int = 12) 
     return count
 
 
-def test_schemathesis_finds_no_server_error(runs_dir):
-    app = create_app(runs_dir, max_upload_mb=0.2)
+def test_schemathesis_finds_no_server_error(runs_dir, backend):
+    app = create_app(runs_dir, max_upload_mb=0.2, backend=backend)
+    app.state.store.warm_up()  # a ready service (before that, /api/ready answers its documented 503)
     assert schemathesis_run(app) > 30  # random run names (404s, traversal attempts, ...)
     assert schemathesis_run(app, force_run="tiny") > 30  # the real run: predictions of random bytes, plots, ...
 

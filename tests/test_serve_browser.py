@@ -32,8 +32,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``medclf serve`` in a subprocess on a free loopback port, over one covid run."""
+def trained(tmp_path_factory) -> Path:
+    """A folder with one run trained on a few covid X-rays."""
     root = tmp_path_factory.mktemp("browser")
     data = root / "covid"
     for split, n in (("train", 6), ("test", 2)):
@@ -42,15 +42,27 @@ def server(tmp_path_factory):
             for f in sorted(cls.iterdir())[:n]:
                 (data / split / cls.name / f.name).symlink_to(f)
     medclf.train(data, overrides=FAST, out=root / "runs", name="covid-xray", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server(trained, request):
+    """``medclf serve --backend torch|onnx`` in a subprocess on a free loopback port, over one
+    covid run; yields once the service is ready (``/api/ready``: model loaded and warm)."""
+    if request.param == "onnx":
+        pytest.importorskip("onnxruntime")
+    root = trained / request.param
+    root.mkdir()
     port = free_port()
     log = open(root / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(root / "runs"),
-                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(trained / "runs"),
+                                "--host", "127.0.0.1", "--port", str(port), "--backend", request.param],
+                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
             try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=1) as response:
+                with urllib.request.urlopen(f"{url}/api/ready", timeout=1) as response:
                     if response.status == 200:
                         break
             except OSError:

@@ -23,11 +23,11 @@ __all__ = ["train", "evaluate", "predict", "__version__"]
 
 
 def train(data=None, config=None, overrides=None, out="runs", name=None, progress=True,
-          resume=None, overwrite=False):
+          resume=None, overwrite=False, init_from=None):
     """Train and evaluate (or resume a run); see :func:`medclf.commands.train.train`."""
     from .commands.train import train as _train
     return _train(data, config=config, overrides=overrides, out=out, name=name, progress=progress,
-                  resume=resume, overwrite=overwrite)
+                  resume=resume, overwrite=overwrite, init_from=init_from)
 
 
 def evaluate(run_dir, data=None):

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="folder that receives run directories (default: runs/)")
     p.add_argument("--name", help="run name (default: <data>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="fine-tune from another run: its model settings and "
+                   "matching layers, a new head for this task's classes; its training images are checked "
+                   "against this run's validation and test images (see train.freeze_epochs, train.backbone_lr_scale)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory of the same --name (default: pick a new name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (default: 50)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="prediction backend: eager PyTorch or ONNX Runtime on the CPU (Grad-CAM stays on PyTorch; "
+                        "default: torch)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batching: how long a prediction "
+                   "waits for concurrent ones to share its forward pass, milliseconds (0: off; default: 5)")
+    p.add_argument("--max-batch", type=int, default=32, help="micro-batching: most images per forward pass "
+                   "(default: 32)")
+    p = sub.add_parser("export", help="write a run's network as ONNX or TorchScript with its preprocessing metadata")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="file to write (default: RUN/export/model.onnx or model.pt); "
+                   "the metadata also goes to FILE.json")
+
     p = sub.add_parser("explain", help="heatmaps of where the model looks (Grad-CAM), per image")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files, DICOM files or series folders, NIfTI volumes, "
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("train", "evaluate", "predict", "preview", "explain", "report", "serve", "inspect", "tune", "sanity")
+COMMANDS = ("train", "evaluate", "predict", "preview", "explain", "report", "serve", "inspect", "tune", "sanity", "export")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,7 +111,7 @@ class ModelConfig(_Section):
     projection_filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="projection_branch: number of filters of each stage of the 2D network on the projections (VGG-style: each stage is a 3x3 convolution block and a 2x max-pool).")
     volume_pool: int = Field(0, ge=0, le=3, description="projection_branch: 2x max-pools applied to the volume before the 3D network only, so that the projections see the full resolution and the 3D network a coarser, 8x cheaper grid per pool.")
     init: Literal["he", "xavier", "default"] = Field("he", description="Weight initialisation: He (Kaiming) for ReLU-type networks, Xavier (Glorot), or PyTorch's default.")
-    weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from.")
+    weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from, or a medclf run directory (as `medclf train --init-from`): every layer whose name and shape match is loaded from that run's best checkpoint and the network gets a new head for this task's classes.")
 
 
 class EarlyStoppingConfig(_Section):
@@ -144,6 +144,8 @@ class TrainConfig(_Section):
     ema_epochs: float = Field(0.0, ge=0, description="Keep an exponential moving average (EMA) of the weights over about this many epochs and validate, checkpoint and evaluate the averaged weights: smoother validation curves and a more reliable best checkpoint on small validation splits (0: off).")
     folds: int = Field(0, ge=0, le=20, description="Small-data protocol (nnU-Net's 5-fold cross-validation with the fold models ensembled): with k >= 2, the training and validation images are pooled and split into k stratified folds (patients, and exact or near copies that the inspection finds, never in two folds); k models are trained, each validated on the fold it did not see, so every image validates once (out-of-fold predictions). The operating threshold and temperature are chosen on the out-of-fold predictions, and the run predicts with the average of the k models' probabilities. 0 or 1: one model on one train/validation split. Planned 5 for small training sets.")
     time_budget_s: Optional[float] = Field(None, gt=0, description="Planned training time of the run, seconds (all folds together) on a 2-core CPU: the plan sizes train.max_epochs to it from a cost estimate per image and pixel, and train prints the planned time before it starts. null: train.max_epochs as given.")
+    freeze_epochs: int = Field(0, ge=0, description="Fine-tuning (model.weights or --init-from): train only the head (and batch-norm layers) for this many epochs with the backbone frozen, then everything (Lightning's BaseFinetuning). 0: no frozen phase.")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="Fine-tuning: the backbone's learning rate is train.lr times this (discriminative learning rates, as in ULMFiT/fastai); the head gets train.lr. 1: one learning rate for all.")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss).")

@@ -35,6 +35,7 @@ from ..training.fit import RUN_DIR_ENV, build_trainer, class_weights, fit, launc
 from ..training.module import Classifier
 from ..training.reliability import remove_stale_temporaries
 from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
+from ._init_from import check_source_leaks, record_source, with_init_from
 from .folds import fit_folds
 from .postrun import after_evaluation
 
@@ -53,7 +54,7 @@ class TrainResult:
 def train(data: str | Path | None, config=None, overrides=None, out: str | Path = "runs",
           name: str | None = None, progress: bool = True, resume: str | Path | None = None,
           overwrite: bool = False, callbacks: list | None = None,
-          evaluate_test: bool = True) -> TrainResult:
+          evaluate_test: bool = True, init_from: str | Path | None = None) -> TrainResult:
     """Train a classifier on a dataset folder and evaluate it on the test split.
 
     Args:
@@ -75,6 +76,9 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
         callbacks: extra Lightning callbacks (e.g. the pruning callback of ``medclf tune``).
         evaluate_test: evaluate the best checkpoint on the test split (False: the test split
             is not touched, e.g. in a hyperparameter search, and ``metrics`` is empty).
+        init_from: a run directory to fine-tune from: its model settings, its matching
+            layers and a new head (:mod:`medclf.commands._init_from`); its training images
+            are checked against this run's validation and test images.
 
     Multi-process training (``trainer.strategy=ddp``): only rank 0 creates the run directory
     and writes run files; the other processes train into it through Lightning (which saves
@@ -93,10 +97,12 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if resume is not None:
-        if data is not None or config is not None or overrides:
+        if data is not None or config is not None or overrides or init_from is not None:
             raise ConfigError("--resume continues a run with its own config.yaml: give no DATA, "
                               "--config or --set with it")
         return _resume(Path(resume), progress, started)
+    if init_from is not None:
+        overrides = with_init_from(init_from, overrides)
     planned = plan_run(data, config, overrides)
     cfg, manifest, source = planned.config, planned.manifest, planned.source
 
@@ -121,6 +127,7 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
     if rank == 0:
         _write_manifest(run_dir, manifest, bad, cfg)
         _write_dataset(run_dir, planned.fingerprint, manifest, bad)
+        record_source(run_dir, network)
         if lr_record is not None:
             auto_lr.record_choice(run_dir, cfg, lr_record)
     return _fit_and_evaluate(run_dir, cfg, manifest, splits, network, progress, started, ckpt=None,
@@ -226,6 +233,8 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
                       evaluate_test: bool = True) -> TrainResult:
     rank0 = launch_rank() == 0  # the other DDP processes write nothing of their own
     leaks = inspect_run(run_dir, manifest, splits) if rank0 else {"val": set(), "test": set()}
+    if rank0:  # a run started from another run: that run's training images against val/test
+        leaks = check_source_leaks(run_dir, cfg, manifest, splits, leaks)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
     weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
@@ -308,7 +317,7 @@ def main(args) -> int:
     """``medclf train``: print the test metrics and, last, the run directory."""
     result = train(args.data, config=args.config, overrides=args.overrides, out=args.out,
                    name=args.name, progress=not args.no_progress, resume=args.resume,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, init_from=args.init_from)
     if not result.is_global_zero:  # a DDP process launched by rank 0: rank 0 reports
         return 0
     print("\n".join(summary_lines(result.metrics, result.metrics["class_names"])))

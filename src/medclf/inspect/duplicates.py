@@ -111,3 +111,32 @@ def exact_duplicate_groups(hashes: list[str]) -> list[list[int]]:
         if h is not None:
             groups.setdefault(h, []).append(i)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def near_duplicate_pairs_between(thumbs_a: np.ndarray, thumbs_b: np.ndarray,
+                                 min_correlation: float = MIN_CORRELATION,
+                                 max_hash_distance: int = MAX_HASH_DISTANCE,
+                                 block: int = 1024) -> list[tuple[int, int, float, int]]:
+    """Near-duplicate pairs between two sets of thumbnails, by the rule of
+    :func:`near_duplicate_pairs` (correlation and pHash distance).
+
+    Args:
+        thumbs_a: ``(N, 32, 32)``; thumbs_b: ``(M, 32, 32)`` (from :func:`thumbnail`).
+
+    Returns:
+        ``(i, j, correlation, hash_distance)`` with ``i`` indexing ``thumbs_a`` and ``j``
+        indexing ``thumbs_b``, sorted by ``(j, i)``.
+    """
+    if len(thumbs_a) == 0 or len(thumbs_b) == 0:
+        return []
+    za, zb = _standardise(thumbs_a), _standardise(thumbs_b)
+    ha = np.stack([phash(t) for t in thumbs_a])
+    hb = np.stack([phash(t) for t in thumbs_b])
+    pairs = []
+    for start in range(0, len(za), block):
+        corr = za[start:start + block] @ zb.T
+        for i, j in zip(*np.nonzero(corr >= min_correlation)):
+            distance = int(np.count_nonzero(ha[start + i] != hb[j]))
+            if distance <= max_hash_distance:
+                pairs.append((int(start + i), int(j), float(corr[i, j]), distance))
+    return sorted(pairs, key=lambda p: (p[1], p[0]))

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..checkpoints import load_checkpoint
 from ..errors import ConfigError
-from . import monai_nets, small_cnn  # noqa: F401  (register the networks)
+from . import monai_nets, small_cnn, transfer  # noqa: F401  (register the networks)
 from .projection import ProjectionCNN, VolumeAndProjections
 from .registry import get_builder
 
@@ -18,7 +18,9 @@ def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
     logits ``(N, num_classes)``. With ``model_config.projection_branch`` (3D only) it is
     wrapped in :class:`~medclf.models.projection.VolumeAndProjections`. Weight
     initialisation follows ``model_config.init``; if ``model_config.weights`` names a file,
-    those weights are loaded on top.
+    those weights are loaded on top; if it names a run directory, the matching layers of
+    that run are loaded and the head stays new (:func:`medclf.models.transfer.load_from_run`;
+    the report is kept as ``model.transfer_report``).
 
     Raises:
         ConfigError: unknown model name, a projection branch on 2D images, or weights that
@@ -32,7 +34,9 @@ def create_model(model_config, in_channels: int, num_classes: int) -> nn.Module:
         projections = ProjectionCNN(in_channels, num_classes, model_config.projection_filters, model_config.dropout)
         model = VolumeAndProjections(model, projections, model_config.volume_pool)
     initialise(model, model_config.init)
-    if model_config.weights:
+    if model_config.weights and transfer.is_run_dir(model_config.weights):  # fine-tuning from another run
+        model.transfer_report = transfer.load_from_run(model, model_config.weights, num_classes)
+    elif model_config.weights:
         load_weights(model, model_config.weights)
     return model
 

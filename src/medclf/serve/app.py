@@ -2,7 +2,8 @@
 
 Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 
-- ``GET /api/health``
+- ``GET /api/health`` (liveness: the process answers), ``GET /api/ready`` (readiness: every
+  run's model is loaded and warmed up; 503 until then), ``GET /metrics`` (Prometheus)
 - ``GET /api/runs``: every run with name, data, model, date and key test metrics
 - ``GET /api/runs/{run}``: configuration, per-epoch metrics, test metrics, plot links
 - ``GET /api/runs/{run}/plots/{file}``, ``GET /api/runs/{run}/report.html``
@@ -11,10 +12,14 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 
 Uploads are decoded in memory (Starlette spools large parts to its own temporary files)
 with exactly the run's preprocessing (:func:`medclf.data.preprocess.preprocess_bytes`).
+Predictions go through PyTorch or ONNX Runtime (``backend``), with concurrent requests
+micro-batched (:mod:`medclf.serve.batching`); Grad-CAM always runs on PyTorch.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import threading
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
@@ -23,9 +28,10 @@ import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import rundir
@@ -33,6 +39,7 @@ from ..data.preprocess import preprocess_bytes
 from ..errors import ConfigError, MedclfError
 from ..version import __version__
 from .heatmap import gradcam_png
+from .metrics import MetricsMiddleware, ServiceMetrics
 from .runs import LoadedRun, RunNotFound, RunStore
 
 STATIC = Path(__file__).parent / "static"
@@ -45,6 +52,12 @@ class Health(BaseModel):
     status: str = Field(description="'ok' when the service answers.")
     version: str = Field(description="medclf version.")
     runs: int = Field(description="Number of run directories found.")
+
+
+class Ready(BaseModel):
+    status: str = Field(description="'ready' when every run's model is loaded and warmed up, else 'loading'.")
+    runs_loaded: int = Field(description="Models in memory.")
+    backend: str = Field(description="Prediction backend: torch or onnx.")
 
 
 class RunMetrics(BaseModel):
@@ -102,7 +115,9 @@ ERRORS = {404: {"model": ErrorMessage, "description": "No such run (or the run h
           422: {"model": ErrorMessage, "description": "Not a supported image, a corrupt one, or a bad request."}}
 
 
-def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: str = "cpu") -> FastAPI:
+def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: str = "cpu",
+               backend: str = "torch", batch_window_ms: float = 5.0, max_batch: int = 32,
+               preload: bool = True) -> FastAPI:
     """Build the service for the run directories inside ``runs_dir``.
 
     Args:
@@ -110,17 +125,36 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         max_upload_mb: request bodies above this many MB (10^6 bytes) get 413, checked on
             the Content-Length header and again while reading.
         accelerator: ``cpu`` (default) or ``auto`` (CUDA when available).
+        backend: ``torch`` (default) or ``onnx`` (ONNX Runtime, CPU) for predictions.
+        batch_window_ms: micro-batching window, milliseconds (0: every request alone).
+        max_batch: most images in one forward pass of micro-batching.
+        preload: load and warm every run's model when the service starts (``/api/ready``
+            answers 503 until done); otherwise on the first ``/api/ready`` or prediction.
 
     Raises:
         RunDirError: ``runs_dir`` is not a folder.
-        ConfigError: ``max_upload_mb`` is not positive.
+        ConfigError: ``max_upload_mb`` or ``max_batch`` is not positive, ``batch_window_ms``
+            is negative, or the backend is unknown.
     """
     if not max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    store = RunStore(runs_dir, accelerator)
+    if not (batch_window_ms >= 0 and max_batch >= 1):
+        raise ConfigError(f"--batch-window-ms must be >= 0 and --max-batch >= 1, got {batch_window_ms}, {max_batch}")
+    metrics = ServiceMetrics()
+    store = RunStore(runs_dir, accelerator, backend=backend, batch_window_ms=batch_window_ms, max_batch=max_batch,
+                     on_load=lambda name, kind, seconds: metrics.model_load.labels(name, kind).set(seconds),
+                     on_batch=metrics.batch_size.observe)
     limit = int(max_upload_mb * 1_000_000)
     swagger = _swagger_ui_path()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if preload:  # in the background: the service answers /api/health meanwhile
+            threading.Thread(target=store.warm_up, name="medclf-warm-up", daemon=True).start()
+        yield
+
     app = FastAPI(title="medclf", version=__version__, docs_url=None if swagger else "/docs", redoc_url=None,
+                  lifespan=lifespan,
                   description="Predictions, Grad-CAM heatmaps and metrics of medclf runs.")
     if swagger:  # the interactive docs from local files too, so /docs works offline
         app.mount("/docs-static", StaticFiles(directory=swagger), name="docs-static")
@@ -132,6 +166,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
                                        swagger_css_url="/docs-static/swagger-ui.css",
                                        swagger_favicon_url="/static/favicon.svg")
     app.state.store = store
+    app.state.metrics = metrics
 
     too_large = {"detail": f"upload larger than the limit of {max_upload_mb:g} MB (medclf serve --max-upload-mb)"}
 
@@ -153,6 +188,23 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
     def health():
         """The service is up; how many runs it sees."""
         return {"status": "ok", "version": __version__, "runs": len(store.names())}
+
+    @app.get("/api/ready", response_model=Ready, tags=["service"],
+             responses={503: {"model": Ready, "description": "Models are still loading."}})
+    async def ready():
+        """Every run's model is loaded and warmed up (503 while loading; starts loading if
+        it has not started)."""
+        state = store.ready()
+        if state is None:
+            threading.Thread(target=store.warm_up, name="medclf-warm-up", daemon=True).start()
+        body = {"status": "ready" if state else "loading", "runs_loaded": store.loaded_count(),
+                "backend": store.backend}
+        return JSONResponse(body, status_code=200 if state else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics():
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
 
     @app.get("/api/runs", response_model=list[RunSummary], tags=["runs"])
     def runs():
@@ -186,22 +238,22 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         return response
 
     @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
-    def predict(run: str, file: Annotated[UploadFile, File(description="Image file (PNG, JPEG, BMP, TIFF).")],
-                gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
+    async def predict(run: str, file: Annotated[UploadFile, File(description="Image file (PNG, JPEG, BMP, TIFF).")],
+                      gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
         """Class probabilities of one image, with exactly the run's preprocessing."""
-        loaded = store.model(run)
-        result = _predict(loaded, [file], gradcam)[0]
+        loaded = await run_in_threadpool(store.model, run)
+        result = (await _predict(loaded, [file], gradcam))[0]
         return {"run": run, **result}
 
     @app.post("/api/runs/{run}/predict/batch", response_model=BatchResponse, responses=ERRORS,
               tags=["predict"])
-    def predict_batch(run: str, files: Annotated[list[UploadFile], File(description="Images (repeat the field).")],
-                      gradcam: Annotated[bool, Query(description="Add Grad-CAM overlays.")] = False):
+    async def predict_batch(run: str, files: Annotated[list[UploadFile], File(description="Images (repeat the field).")],
+                            gradcam: Annotated[bool, Query(description="Add Grad-CAM overlays.")] = False):
         """Class probabilities of several images in one request (at most 64)."""
         if len(files) > MAX_BATCH_FILES:
             raise HTTPException(422, f"{len(files)} files sent; at most {MAX_BATCH_FILES} per request")
-        loaded = store.model(run)
-        return {"run": run, "results": _predict(loaded, files, gradcam)}
+        loaded = await run_in_threadpool(store.model, run)
+        return {"run": run, "results": await _predict(loaded, files, gradcam)}
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -209,6 +261,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, limit=limit, message=too_large)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the 413s of Guard too
     return app
 
 
@@ -264,16 +317,30 @@ class Guard:
         await self.app(scope, limited, with_headers)
 
 
-def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[dict]:
-    """Preprocess every upload (422 listing every bad file), predict, add Grad-CAM."""
+async def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[dict]:
+    """Preprocess every upload (422 listing every bad file) in a worker thread, predict
+    (through the micro-batcher when the store has one), add Grad-CAM (PyTorch)."""
     if not files:
         raise HTTPException(422, "no file uploaded")
+    contents = [await upload.read() for upload in files]
+    images = await run_in_threadpool(_preprocess, loaded, files, contents)
+    if loaded.batcher is not None:
+        probabilities = await loaded.batcher.submit(images.numpy())
+    else:
+        probabilities = await run_in_threadpool(loaded.probabilities, images)
+    if gradcam:
+        return await run_in_threadpool(_results, loaded, files, images, probabilities, True)
+    return _results(loaded, files, images, probabilities, False)
+
+
+def _preprocess(loaded: LoadedRun, files: list[UploadFile], contents: list[bytes]) -> torch.Tensor:
+    """The uploads as one batch ``(N, C, *spatial)``; 422 naming every bad file."""
     arrays, bad = [], []
     spatial_dims = loaded.run.config.model.spatial_dims
-    for upload in files:
+    for upload, content in zip(files, contents):
         name = upload.filename or "upload"
         try:
-            array = preprocess_bytes(upload.file.read(), loaded.run.config, name=name)
+            array = preprocess_bytes(content, loaded.run.config, name=name)
         except (MedclfError, ValueError, OSError, SyntaxError, EOFError) as err:  # untrusted bytes
             bad.append(f"{name}: {err}")
             continue
@@ -284,8 +351,11 @@ def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[
         arrays.append(array)
     if bad:
         raise HTTPException(422, "not a supported image: " + "; ".join(bad))
-    images = torch.from_numpy(np.stack(arrays))
-    probabilities = loaded.probabilities(images)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _results(loaded: LoadedRun, files: list[UploadFile], images: torch.Tensor, probabilities: np.ndarray,
+             gradcam: bool) -> list[dict]:
     names = loaded.run.class_names
     results = []
     for upload, image, probs in zip(files, images, probabilities):

@@ -7,20 +7,24 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import rundir
-from ..errors import MedclfError, RunDirError
+from ..errors import ConfigError, MedclfError, RunDirError
 from ..evaluation.predict import load_model, pick_device, predict_probabilities
+from .batching import MicroBatcher
 
 log = logging.getLogger("medclf")
 PLOT_SUFFIXES = (".png", ".svg", ".jpg")
+BACKENDS = ("torch", "onnx")
 
 
 class RunNotFound(MedclfError):
@@ -42,18 +46,27 @@ def clean(value):
 
 @dataclass
 class LoadedRun:
-    """A run with its model in memory: one copy for predictions, one (lazy) for Grad-CAM."""
+    """A run with its model in memory: one copy for predictions, one (lazy) for Grad-CAM.
+
+    With ``session`` (an ONNX Runtime session of the same network) predictions go through
+    ONNX Runtime; Grad-CAM always uses the PyTorch model. With ``batcher``, concurrent
+    requests are predicted together (:class:`~medclf.serve.batching.MicroBatcher`)."""
 
     name: str
     run: rundir.Run
     model: torch.nn.Module
     device: torch.device
     stamp: tuple
+    session: object | None = None
+    batcher: MicroBatcher | None = None
     _cam_model: torch.nn.Module | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
         """Softmax probabilities ``(N, num_classes)`` for preprocessed images ``(N, C, *spatial)``."""
+        if self.session is not None:
+            from ..export.export import onnx_probabilities
+            return onnx_probabilities(self.session, images)
         return predict_probabilities(self.model, images, self.run.config.eval.batch_size, self.device)
 
     @property
@@ -75,11 +88,28 @@ class RunStore:
     read outside ``root``. Models are loaded once (``weights_only=True``) and kept; a run
     whose checkpoint file changes is reloaded.
 
+    Args:
+        backend: ``torch`` (eager PyTorch) or ``onnx`` (the network exported to ONNX in
+            memory, predicted by ONNX Runtime on the CPU).
+        batch_window_ms, max_batch: micro-batching of concurrent requests (window in
+            milliseconds, most images per pass); ``batch_window_ms=0`` turns it off.
+        on_load: called with ``(run name, backend, seconds)`` after each model load and
+            warm-up (one prediction of a blank input).
+
     Raises:
         RunDirError: ``root`` is not a folder.
+        ConfigError: unknown backend.
     """
 
-    def __init__(self, root: str | Path, accelerator: str = "cpu"):
+    def __init__(self, root: str | Path, accelerator: str = "cpu", backend: str = "torch",
+                 batch_window_ms: float = 0.0, max_batch: int = 32,
+                 on_load: Callable[[str, str, float], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None):
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend, self.batch_window_ms, self.max_batch = backend, batch_window_ms, max_batch
+        self.on_load, self.on_batch = on_load, on_batch
+        self._warm: bool | None = None  # None: not started; False: warming; True: every model loaded
         root = Path(root)
         if not root.is_dir():
             raise RunDirError(f"runs folder not found: {root}")
@@ -183,10 +213,53 @@ class RunStore:
         with self._lock:
             loaded = self._models.get(name)
             if loaded is None or loaded.stamp != stamp or loaded.run.path != path:
-                model = load_model(run, None if run.is_ensemble else checkpoint).to(self.device).eval()
-                loaded = LoadedRun(name, run, model, self.device, stamp)
+                loaded = self._load(name, run, checkpoint, stamp)
                 self._models[name] = loaded
         return loaded
+
+    def _load(self, name: str, run: rundir.Run, checkpoint: Path, stamp: tuple) -> LoadedRun:
+        """Load the network (and its ONNX Runtime session), predict one blank input (warm-up)."""
+        start = time.perf_counter()
+        model = load_model(run, None if run.is_ensemble else checkpoint).to(self.device).eval()
+        loaded = LoadedRun(name, run, model, self.device, stamp)
+        shape = [run.config.data.in_channels, *run.config.data.image_size]
+        if self.backend == "onnx":
+            from ..export.export import onnx_session_for
+            try:
+                loaded.session = onnx_session_for(model.cpu(), shape)
+            except (RuntimeError, ValueError) as err:
+                raise RunDirError(f"run {name!r}: the network cannot be run by ONNX Runtime: {err}") from err
+        if self.batch_window_ms > 0:
+            loaded.batcher = MicroBatcher(lambda images: loaded.probabilities(torch.from_numpy(images)),
+                                          self.batch_window_ms, self.max_batch, self.on_batch)
+        if len(shape) == run.config.model.spatial_dims + 1:
+            loaded.probabilities(torch.zeros(1, *shape))  # warm-up: the first pass allocates and plans
+        if self.on_load is not None:
+            self.on_load(name, self.backend, time.perf_counter() - start)
+        return loaded
+
+    def warm_up(self) -> None:
+        """Load every run that has a checkpoint (runs that fail to load are logged and left
+        out); :meth:`ready` is then true."""
+        with self._lock:
+            if self._warm is not None:
+                return
+            self._warm = False
+        for name in self.names():
+            try:
+                self.model(name)
+            except (MedclfError, OSError, RuntimeError, ValueError) as err:
+                log.warning("serve: run %s not loaded: %s", name, err)
+        self._warm = True
+
+    def loaded_count(self) -> int:
+        """Models in memory."""
+        return len(self._models)
+
+    def ready(self) -> bool | None:
+        """True when :meth:`warm_up` has loaded every model, False while it runs, None
+        before it started."""
+        return self._warm
 
 
 def _has_checkpoint(path: Path) -> bool:

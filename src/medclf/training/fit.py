@@ -19,6 +19,7 @@ from ..diagnostics import build_callbacks as build_diagnostics
 from ..errors import ConfigError
 from ..testing.faults import fault_callbacks
 from .callbacks import MetricsCSV
+from .finetune import FreezeBackbone
 from .module import MONITOR_MODES
 from .reliability import AtomicCheckpointIO, EpochSeeder
 from .safety import advise_on_out_of_memory
@@ -89,6 +90,8 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         steps_per_epoch = max(1, n_train // cfg.train.batch_size)
         decay = 1.0 - 1.0 / max(1.0, cfg.train.ema_epochs * steps_per_epoch)
         callbacks.append(EMAWeightAveraging(decay=decay))  # Lightning's EMA of the weights
+    if cfg.train.freeze_epochs > 0:
+        callbacks.append(FreezeBackbone(cfg.train.freeze_epochs))  # fine-tuning: head first
     callbacks += build_diagnostics(cfg.diagnostics, run_dir)  # empty unless diagnostics.enabled
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))

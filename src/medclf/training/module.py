@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import TrainingDivergedError
+from .finetune import parameter_groups
 from .metrics import roc_auc
 from .optim import build_optimizer
 
@@ -101,7 +102,7 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        params = self.parameters()
+        params = parameter_groups(self.model, self.num_classes, cfg)  # backbone_lr_scale (fine-tuning)
         optimizer = build_optimizer(params, cfg)
         scheduler = build_scheduler(optimizer, cfg, self.trainer)
         if scheduler is None:
@@ -124,7 +125,7 @@ def build_scheduler(optimizer, cfg, trainer):
         return {"scheduler": sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma, patience=5),
                 "interval": "epoch", "monitor": "val_loss"}
     if cfg.schedule == "onecycle":
-        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
                                               pct_start=min(max(warmup, 2) / total, 0.5),
                                               anneal_strategy="cos"), "interval": "step"}
     # cosine with linear warm-up
