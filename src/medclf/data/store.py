@@ -2,12 +2,13 @@
 
 For datasets whose float32 arrays do not fit comfortably in memory, every item is
 preprocessed once (decode, resize, steps, normalise: :func:`medclf.data.preprocess.finish`)
-into one NumPy ``.npy`` file opened as a memory map (``numpy.lib.format.open_memmap``) of
+into one NumPy ``.npy`` file (``numpy.lib.format``; created sparse with ``open_memmap``) of
 shape ``(N, C, *spatial)`` in ``data.storage_dtype`` (float16 by default, half the bytes of
 float32 and within 1e-3 relative of it; float32 bit-exact). Training, evaluation and
-prediction read rows through :class:`DiskImages`, which the DataLoader's worker processes
-re-open by path; the operating system's page cache holds what fits, so resident memory does
-not grow with the number of images.
+prediction read rows through :class:`DiskImages` with ``os.pread`` (rows written with
+``os.pwrite``), which the DataLoader's worker processes re-open by path; the operating
+system's page cache holds what fits, outside the processes' resident memory (a memory map
+would count every touched page), so resident memory does not grow with the number of images.
 
 The shard lives in ``<cache root>/shards/<key>/`` (:func:`medclf.data.preprocess.cache_root`):
 
@@ -253,7 +254,7 @@ def build_shard(paths: list[str], config, workers: int | None = None, progress: 
             np.save(folder / "status.npy", np.zeros(n, dtype=np.uint8))
             (folder / "bad.jsonl").write_text("", encoding="utf-8")
             _write_index(index_path, paths, shape, dtype, complete=False)
-        images = np.load(folder / "images.npy", mmap_mode="r+")
+        layout = NpyLayout(folder / "images.npy")
         status = np.load(folder / "status.npy", mmap_mode="r+")
         hashes = np.load(folder / "sha.npy", mmap_mode="r+")
         todo = np.flatnonzero(status == TODO)
@@ -268,28 +269,74 @@ def build_shard(paths: list[str], config, workers: int | None = None, progress: 
         bar = tqdm(total=n, initial=done, desc="preprocessing to disk cache", unit="img",
                    disable=not progress or not len(todo), mininterval=1.0, smoothing=0.1)
         last_flush = time.monotonic()
-        with open(folder / "bad.jsonl", "a", encoding="utf-8") as bad_log:
-            for index, array, digest, error in loader:
-                if error:
-                    bad_log.write(json.dumps({"index": index, "reason": error}) + "\n")
-                    bad_log.flush()
-                    status[index] = BAD
-                else:
-                    if tuple(array.shape) != shape:
-                        raise AssertionError(f"{paths[index]}: preprocessed to {tuple(array.shape)}, "
-                                             f"expected {shape}")
-                    images[index] = array
-                    hashes[index] = digest.encode()
-                    status[index] = WRITTEN  # after the data: a killed run redoes at most this item
-                bar.update(1)
-                if time.monotonic() - last_flush > FLUSH_SECONDS:
-                    images.flush(), hashes.flush(), status.flush()
-                    last_flush = time.monotonic()
+        fd = os.open(layout.path, os.O_RDWR)
+        try:
+            with open(folder / "bad.jsonl", "a", encoding="utf-8") as bad_log:
+                for index, array, digest, error in loader:
+                    if error:
+                        bad_log.write(json.dumps({"index": index, "reason": error}) + "\n")
+                        bad_log.flush()
+                        status[index] = BAD
+                    else:
+                        if tuple(array.shape) != shape:
+                            raise AssertionError(f"{paths[index]}: preprocessed to {tuple(array.shape)}, "
+                                                 f"expected {shape}")
+                        layout.write(fd, index, array)  # pwrite: the pages stay out of this process's RSS
+                        hashes[index] = digest.encode()
+                        status[index] = WRITTEN  # after the data: a killed run redoes at most this item
+                    bar.update(1)
+                    if time.monotonic() - last_flush > FLUSH_SECONDS:
+                        hashes.flush(), status.flush()
+                        last_flush = time.monotonic()
+        finally:
+            os.close(fd)
         bar.close()
-        images.flush(), hashes.flush(), status.flush()
-        del images, status, hashes
+        hashes.flush(), status.flush()
+        del status, hashes
         _write_index(index_path, paths, shape, dtype, complete=True)
         return Shard(folder)
+
+
+class NpyLayout:
+    """Where the rows of an ``.npy`` array ``(N, *item)`` lie in its file (header offset,
+    row bytes, dtype), to read and write single rows with ``os.pread``/``os.pwrite``: unlike
+    a memory map, these leave the file's pages in the page cache only, outside the resident
+    memory of the process."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        mapped = np.load(self.path, mmap_mode="r")  # parses the header; no page is read
+        if not mapped.flags.c_contiguous:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.offset, self.shape, self.dtype = int(mapped.offset), tuple(mapped.shape), mapped.dtype
+        del mapped
+        self.item_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.item_shape)) * self.dtype.itemsize
+
+    def write(self, fd: int, row: int, array: np.ndarray) -> None:
+        """Write one item ``(C, *spatial)`` at ``row`` (converted to the file's dtype)."""
+        data = np.ascontiguousarray(array, dtype=self.dtype).tobytes()
+        os.pwrite(fd, data, self.offset + row * self.row_bytes)
+
+    def read(self, fd: int, rows: np.ndarray) -> np.ndarray:
+        """Float32 ``(len(rows), C, *spatial)``; runs of consecutive rows are read at once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.item_shape), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        start = 0
+        while start < len(rows):
+            stop = start + 1
+            while stop < len(rows) and sorted_rows[stop] == sorted_rows[stop - 1] + 1:
+                stop += 1
+            count = stop - start
+            data = os.pread(fd, count * self.row_bytes, self.offset + int(sorted_rows[start]) * self.row_bytes)
+            if len(data) != count * self.row_bytes:
+                raise OSError(f"{self.path}: short read (the shard is truncated)")
+            block = np.frombuffer(data, dtype=self.dtype).reshape(count, *self.item_shape)
+            out[order[start:stop]] = block
+            start = stop
+        return out
 
 
 def _write_index(path: Path, paths: list[str], shape, dtype: str, complete: bool) -> None:
@@ -302,8 +349,9 @@ class DiskImages:
 
     Indexing with an int gives a float32 tensor ``(C, *spatial)``; with a slice, a list,
     an array or a tensor of positions, a float32 tensor ``(n, C, *spatial)``. Only the rows
-    asked for are read (memory map); pickling keeps the path and the rows only, so
-    DataLoader worker processes open their own map.
+    asked for are read (``os.pread``, so the file's pages stay in the page cache and out of
+    the resident memory); pickling keeps the path and the rows only, so DataLoader worker
+    processes open their own file descriptor.
 
     Args:
         path: the shard's ``images.npy``.
@@ -313,43 +361,49 @@ class DiskImages:
     def __init__(self, path: str | Path, rows):
         self.path = str(path)
         self.rows = np.asarray(rows, dtype=np.int64)
-        self._map = None
+        self._layout = NpyLayout(self.path)
+        self._fd = None
+        self._pid = None
 
     def __getstate__(self):
-        return {"path": self.path, "rows": self.rows, "_map": None}
+        return {"path": self.path, "rows": self.rows, "_layout": self._layout, "_fd": None, "_pid": None}
 
-    @property
-    def array(self) -> np.ndarray:
-        """The whole shard as a read-only memory map ``(N_shard, C, *spatial)``."""
-        if self._map is None:
-            self._map = np.load(self.path, mmap_mode="r")
-        return self._map
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size((len(self.rows), *self.array.shape[1:]))
+        return torch.Size((len(self.rows), *self._layout.item_shape))
 
     @property
     def ndim(self) -> int:
-        return self.array.ndim
+        return len(self._layout.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The stored number type (float16 or float32); items are returned as float32."""
+        return self._layout.dtype
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def item_numpy(self, i: int) -> np.ndarray:
         """Item ``i`` as float32 ``(C, *spatial)``."""
-        return np.array(self.array[self.rows[i]], dtype=np.float32)  # a copy: writable, detached from the map
+        return self._layout.read(self._descriptor(), self.rows[i:i + 1] if i >= 0 else self.rows[[i]])[0]
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)) or (torch.is_tensor(key) and key.ndim == 0):
             return torch.from_numpy(self.item_numpy(int(key)))
         if torch.is_tensor(key):
             key = key.numpy()
-        rows = self.rows[key]
-        order = np.argsort(rows, kind="stable")  # read the map in file order
-        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.float32)
-        out[order] = self.array[rows[order]]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self._layout.read(self._descriptor(), self.rows[key]))
 
     def __iter__(self):
         for i in range(len(self)):
