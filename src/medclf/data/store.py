@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, UnreadableImage
+from ..errors import ConfigError, DataError, UnreadableImage
 from ..io import atomic_write
 from .formats import content_digest
 from .preprocess import cache_root, decode_file, finish, settings_key
@@ -239,6 +240,8 @@ def build_shard(paths: list[str], config, workers: int | None = None, progress: 
         the :class:`Shard`, every item written (status 1) or unreadable (status 2).
 
     Raises:
+        DataError: the cache's disk lacks the space for the items still to write, or an
+            item preprocesses to another shape than the shard's.
         OSError: the cache folder cannot be written.
     """
     folder = cache_root(config) / "shards" / shard_key(paths, config)
@@ -259,6 +262,11 @@ def build_shard(paths: list[str], config, workers: int | None = None, progress: 
         hashes = np.load(folder / "sha.npy", mmap_mode="r+")
         todo = np.flatnonzero(status == TODO)
         done = n - len(todo)
+        need, free = len(todo) * layout.row_bytes, shutil.disk_usage(folder).free
+        if need > free:
+            raise DataError(f"the disk cache {folder} needs {need / 2 ** 30:.1f} GiB more but its disk has "
+                            f"{free / 2 ** 30:.1f} GiB free: free space, or set data.cache_dir (or $MEDCLF_CACHE) "
+                            "to a larger disk")
         if done:
             log.warning("resuming the disk cache %s: %d of %d items already written", folder, done, n)
         workers = decode_workers(len(todo)) if workers is None else workers
@@ -279,8 +287,8 @@ def build_shard(paths: list[str], config, workers: int | None = None, progress: 
                         status[index] = BAD
                     else:
                         if tuple(array.shape) != shape:
-                            raise AssertionError(f"{paths[index]}: preprocessed to {tuple(array.shape)}, "
-                                                 f"expected {shape}")
+                            raise DataError(f"{paths[index]}: preprocessed to shape {tuple(array.shape)}, "
+                                            f"but the disk cache holds {shape} (data.in_channels, data.image_size)")
                         layout.write(fd, index, array)  # pwrite: the pages stay out of this process's RSS
                         hashes[index] = digest.encode()
                         status[index] = WRITTEN  # after the data: a killed run redoes at most this item
