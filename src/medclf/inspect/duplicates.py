@@ -103,7 +103,8 @@ def near_duplicate_pairs(thumbs: np.ndarray, exclude: set[tuple[int, int]] | Non
         return []
     exclude = exclude or set()
     flat = np.asarray(thumbs, dtype=np.float32).reshape(n, -1)
-    unit = _standardise(flat).astype(np.float32)
+    unit = np.concatenate([_standardise(flat[i:i + 8192]).astype(np.float32)  # float64 only per chunk
+                           for i in range(0, n, 8192)])
     k = min(components, n - 1, unit.shape[1])
     projected = PCA(n_components=k, svd_solver="randomized", random_state=0).fit_transform(unit) \
         if k >= 1 else unit
