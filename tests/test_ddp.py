@@ -67,7 +67,13 @@ def test_torchrun_two_nodes_train_one_run_from_the_disk_cache(tmp_path):
          "--set", f"train.batch_size={batch_size}", "--set", "data.storage=disk",
          "--set", f"data.cache_dir={cache}", "--set", "eval.bootstrap=0", "--set", "explain.gallery_size=0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
-    outputs = [node.communicate(timeout=240) for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=240) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stderr[-3000:]
     runs = list(out.iterdir())
