@@ -158,3 +158,21 @@ def test_voxel_spacing_per_split_from_nifti_headers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "voxel spacing (mm) test : median [0.8, 0.8, 2.5]" in printed
     assert json.loads(out.read_text())["spacing"]["train"]["distinct"] == 2
+
+
+def test_indexed_near_duplicate_search_equals_all_pairs():
+    from medclf.inspect.duplicates import near_duplicate_pairs_all
+    rng = np.random.default_rng(3)
+    base = np.stack([thumbnail(xray_like(rng)) for _ in range(200)])
+    n = 1500  # look-alike blends of the bases, many pairs close to the thresholds
+    a, b = rng.integers(0, 200, n), rng.integers(0, 200, n)
+    w = rng.uniform(0.3, 0.7, n)[:, None, None]
+    thumbs = (w * base[a] + (1 - w) * base[b] + rng.normal(0, 2, (n, 32, 32))).astype(np.float32)
+    thumbs[-10:] = thumbs[:10] * 1.1 + 3 + rng.normal(0, 0.5, (10, 32, 32))  # planted copies
+    thumbs[100] = 7.0  # a flat image correlates with nothing
+    indexed = near_duplicate_pairs(thumbs, exclude={(0, n - 10)})
+    reference = near_duplicate_pairs_all(thumbs, exclude={(0, n - 10)})
+    assert [(i, j, d) for i, j, _, d in indexed] == [(i, j, d) for i, j, _, d in reference]
+    assert np.allclose([c for *_, c, _ in indexed], [c for *_, c, _ in reference])
+    assert {(k, n - 10 + k) for k in range(1, 10)} <= {(i, j) for i, j, _, _ in indexed}
+    assert (0, n - 10) not in {(i, j) for i, j, _, _ in indexed}

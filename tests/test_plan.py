@@ -168,3 +168,24 @@ def test_planner_source_quotes_no_test_split_figures():
     """Measured figures belong in docs/benchmarks.md, not in the planner's docstrings."""
     source = inspect.getsource(medclf.plan)
     assert not re.search(r"test (ROC )?AUC|test accuracy|test balanced", source)
+
+
+def test_fingerprint_probes_a_bounded_sample(monkeypatch):
+    import pandas as pd
+
+    import medclf.plan as plan
+    from medclf.data.sources import Manifest
+    probed = []
+
+    def fake_probe(path):
+        probed.append(path)
+        return {"shape": [300, 200], "spatial_dims": 2, "format": "image", "mode": "L"}
+
+    monkeypatch.setattr(plan, "probe", fake_probe)
+    paths = [f"/data/{c}/{i}.png" for c in ("a", "b") for i in range(3000)]
+    frame = pd.DataFrame({"path": paths, "label": [p.split("/")[2] for p in paths], "split": "train"})
+    facts = plan.fingerprint(Manifest(frame, ["a", "b"]))
+    assert len(probed) == plan.PROBE_LIMIT
+    assert {p.split("/")[2] for p in probed} == {"a", "b"} and probed[-1] == paths[-1]
+    assert facts["median_size"] == [300, 200] and facts["counts"]["train"] == {"a": 3000, "b": 3000}
+    assert facts["formats"] == {"png": 6000}

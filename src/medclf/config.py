@@ -36,6 +36,8 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = Field("memory", description="Where preprocessed images are kept so that later epochs never decode the files again.")
     cache_dir: Optional[str] = Field(None, description="Folder of the disk cache (default: ~/.cache/medclf).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes; 0 loads in the main process (best on a 2-core CPU with cached data).")
+    storage: Literal["auto", "memory", "disk"] = Field("auto", description="Where the preprocessed images of a run live: 'memory' (float32 tensors; fastest for small datasets), 'disk' (one memory-mapped shard in the cache folder, written once in parallel, resumable, read by the DataLoader: memory does not grow with the number of images), or 'auto': disk when the float32 arrays would take more than 1 GiB or 15 % of the available memory.")
+    storage_dtype: Literal["float16", "float32"] = Field("float16", description="Number type of the disk shard (data.storage=disk): float16 halves the bytes (values within 1e-3 relative of float32); float32 gives exactly the in-memory arrays.")
     medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files (NAME.npz) for 'medmnist:NAME' sources; downloads go there too (default: $MEDMNIST_ROOT, else ~/.medmnist).")
     max_pixels: int = Field(100_000_000, gt=0, description="Images with more pixels than this are rejected as decompression bombs.")
 

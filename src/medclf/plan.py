@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import rundir
 from .config import Config, deep_merge, user_settings, validate
 from .data.formats import probe
@@ -104,13 +106,16 @@ def fingerprint(manifest: Manifest) -> dict:
         and ``binary`` (True when every item is known to hold two values, 0 and a maximum:
         segmentation masks; known for npz arrays only, whose values are loaded anyway).
 
+    Headers are read of at most :data:`PROBE_LIMIT` items (:func:`probe_sample`), so the
+    cost does not grow with the dataset beyond listing it; the counts cover every item.
+
     A dataset that mixes 2D images and 3D volumes is planned for the majority kind; the
     preprocessing then reports each file of the other kind as unreadable ("is 3D where a
     2D image is expected"), so ``data.on_bad_file`` applies to them like to any bad file.
     """
     sizes, modes, readers, dtypes, spacings, binary = [], Counter(), Counter(), Counter(), [], []
     dims_of: dict[int, list[str]] = {2: [], 3: []}
-    for path in manifest.frame.path:
+    for path in probe_sample(list(manifest.frame.path)):
         try:
             facts = probe(path)
         except (UnreadableImage, OSError):  # bad files are reported by the preprocessing
@@ -138,6 +143,17 @@ def fingerprint(manifest: Manifest) -> dict:
             "shapes_differ": len(set(sizes)) > 1, "median_spacing": spacing, "modes": dict(modes),
             "formats": dict(formats), "readers": dict(readers), "dtypes": dict(dtypes),
             "binary": bool(binary) and all(binary)}
+
+
+PROBE_LIMIT = 2000  # items whose headers the fingerprint reads
+
+
+def probe_sample(paths: list[str], limit: int = PROBE_LIMIT) -> list[str]:
+    """All paths when there are at most ``limit``, else ``limit`` of them evenly spaced over
+    the manifest's order (which runs through every split and class), deterministic."""
+    if len(paths) <= limit:
+        return paths
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
 
 
 def _extension(path: str) -> str:

@@ -18,6 +18,7 @@ from ..config import Config, load_yaml, validate
 from ..data.prepare import prepare_splits
 from ..data.preprocess import cache_root
 from ..data.sources import Manifest, discover_source, ignore_reason
+from ..data.store import ItemsByPath
 from ..diagnostics import write_architecture
 from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
@@ -296,10 +297,8 @@ def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:
     Returns:
         ``{"val": paths, "test": paths}`` of images duplicating a training image.
     """
-    decoded = {}
-    for split, (images, _) in splits.items():
-        paths = manifest.frame.path[manifest.frame.split == split]
-        decoded.update(zip(paths, images.numpy()))
+    frame = manifest.frame
+    decoded = ItemsByPath({split: list(frame.path[frame.split == split]) for split in splits}, splits)
     inspection = inspect_manifest(manifest, decoded=decoded)
     write_json(run_dir / rundir.INSPECTION, inspection)
     leaks = {s: leaked_paths(inspection, s) for s in ("val", "test")}

@@ -1,5 +1,12 @@
-"""Manifest -> preprocessed tensors per split (the input of the DataModule)."""
+"""Manifest -> preprocessed tensors per split (the input of the DataModule).
+
+Small datasets are stacked into float32 tensors in memory; large ones are written once to a
+memory-mapped shard on disk and read as :class:`~medclf.data.store.DiskImages` views
+(``data.storage``, chosen by :func:`medclf.data.store.choose_storage`).
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -8,6 +15,27 @@ import torch
 from ..errors import DataError
 from .preprocess import check_bad_files, preprocess_all
 from .sources import Manifest
+from .store import build_shard, choose_storage
+
+log = logging.getLogger("medclf")
+
+
+def storage_of(manifest: Manifest, config) -> str:
+    """``'memory'`` or ``'disk'`` for this manifest (:func:`~medclf.data.store.choose_storage`),
+    logged with its reason."""
+    storage, reason = choose_storage(len(manifest.frame), config)
+    (log.warning if storage == "disk" else log.info)("data storage: %s (%s)", storage, reason)
+    return storage
+
+
+def _from_disk(manifest: Manifest, config, progress: bool = True):
+    """Build (or resume, or reuse) the shard of the manifest; returns ``(shard, keep, hashes, bad)``."""
+    paths = list(manifest.frame.path)
+    shard = build_shard(paths, config, progress=progress)
+    status = np.asarray(shard.status())
+    reasons = shard.bad()
+    bad = [(paths[i], reasons.get(i, "unreadable")) for i in np.flatnonzero(status != 1)]
+    return shard, status == 1, shard.hashes(), bad
 
 
 def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tuple[str, str]]]:
@@ -15,7 +43,8 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
 
     Returns:
         ``(splits, kept, bad)``: ``splits[split] = (images, labels)`` with images float32
-        ``(N, C, H, W)`` and labels int64 ``(N,)``; ``kept`` the manifest without bad files
+        ``(N, C, H, W)`` (a tensor in memory, or a :class:`~medclf.data.store.DiskImages`
+        view of the disk shard with ``data.storage`` disk) and labels int64 ``(N,)``; ``kept`` the manifest without bad files
         (with a ``sha`` column of content hashes); ``bad`` the ``(path, reason)`` list.
 
     Raises:
@@ -23,6 +52,8 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
         DataError: a split loses all images of a class by skipping.
     """
     frame = manifest.frame
+    if storage_of(manifest, config) == "disk":
+        return _splits_from_disk(manifest, config)
     arrays, hashes, bad = preprocess_all(list(frame.path), config)
     check_bad_files(bad, config.data.on_bad_file)
     keep = np.array([a is not None for a in arrays])
@@ -46,16 +77,51 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     return splits, kept, bad
 
 
+def _splits_from_disk(manifest: Manifest, config):
+    """:func:`prepare_splits` with ``(DiskImages, labels)`` per split."""
+    shard, keep, hashes, bad = _from_disk(manifest, config)
+    check_bad_files(bad, config.data.on_bad_file)
+    kept_frame = manifest.frame[keep].copy()
+    kept_frame["sha"] = [h for h, k in zip(hashes, keep) if k]
+    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    positions = np.flatnonzero(keep)  # shard rows of the kept items, in kept order
+    splits = {}
+    for split in ("train", "val", "test"):
+        rows = np.flatnonzero(kept.frame.split.to_numpy() == split)
+        if len(rows) == 0:
+            raise DataError(f"the {split} split has no readable images")
+        splits[split] = (shard.images(positions[rows]), torch.tensor(kept.labels(split), dtype=torch.long))
+    _check_train_classes(kept, manifest.class_names)
+    return splits, kept, bad
+
+
+def _check_train_classes(kept: Manifest, class_names: list[str]) -> None:
+    train_counts = pd.Series(kept.labels("train")).value_counts()
+    missing = [n for i, n in enumerate(class_names) if i not in train_counts.index]
+    if missing:
+        raise DataError(f"no readable training images left for class(es): {', '.join(missing)}")
+
+
 def prepare_images(manifest: Manifest, config) -> tuple[torch.Tensor, Manifest, list[tuple[str, str]]]:
     """Preprocess every image of a manifest, ignoring its splits (evaluation, prediction).
 
     Returns:
-        ``(images, kept, bad)`` with images float32 ``(N, C, H, W)`` in ``kept`` order.
+        ``(images, kept, bad)`` with images float32 ``(N, C, H, W)`` in ``kept`` order (a
+        :class:`~medclf.data.store.DiskImages` view when stored on disk).
 
     Raises:
         BadFilesError: unreadable files and ``data.on_bad_file='error'``.
         DataError: no readable image at all.
     """
+    if storage_of(manifest, config) == "disk":
+        shard, keep, hashes, bad = _from_disk(manifest, config)
+        check_bad_files(bad, config.data.on_bad_file)
+        if not keep.any():
+            raise DataError("none of the given images can be read")
+        frame = manifest.frame[keep].copy()
+        frame["sha"] = [h for h, k in zip(hashes, keep) if k]
+        kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+        return shard.images(np.flatnonzero(keep)), kept, bad
     arrays, hashes, bad = preprocess_all(list(manifest.frame.path), config)
     check_bad_files(bad, config.data.on_bad_file)
     keep = np.array([a is not None for a in arrays], dtype=bool)

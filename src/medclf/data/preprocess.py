@@ -22,6 +22,7 @@ from .formats.dicom import has_dicom_magic
 from .morphology import apply_steps
 
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
+PROGRESS_MIN_ITEMS = 1000  # stages over at least this many items show a progress bar with an ETA
 
 
 def normalize(array: np.ndarray, mode: str, full_scale: float = 255.0,
@@ -235,8 +236,10 @@ def preprocess_all(paths: list[str], config, workers: int = 2):
         except OSError as err:
             return None, None, f"cannot read file ({err.strerror or err})"
 
+    from tqdm.auto import tqdm
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL
-        results = list(pool.map(one, paths))
+        results = list(tqdm(pool.map(one, paths), total=len(paths), desc="preprocessing", unit="img",
+                            disable=len(paths) < PROGRESS_MIN_ITEMS, mininterval=1.0))
     arrays = [r[0] for r in results]
     hashes = [r[1] for r in results]
     bad = [(p, r[2]) for p, r in zip(paths, results) if r[2] is not None]

@@ -59,6 +59,11 @@ def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: to
     ``one_pass``: the probabilities ``(N, num_classes)`` of the unchanged images when the
     caller has them already (the first view is then not predicted again).
     Returns ``(probabilities, number of views)``."""
+    chunk = 1024  # the views of a chunk at a time: memory does not grow with N (disk-streamed images)
+    if len(images) > chunk:
+        parts = [predict_tta(model, images[i:i + chunk], config, device,
+                             None if one_pass is None else one_pass[i:i + chunk]) for i in range(0, len(images), chunk)]
+        return np.concatenate([p for p, _ in parts]), parts[0][1]
     views = tta_views(images, tta_flip_axes(config), config.eval.tta_shift)
     probs = [one_pass if i == 0 and one_pass is not None
              else predict_probabilities(model, v, config.eval.batch_size, device) for i, v in enumerate(views)]

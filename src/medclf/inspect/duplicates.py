@@ -71,25 +71,76 @@ def _standardise(thumbs: np.ndarray) -> np.ndarray:
 def near_duplicate_pairs(thumbs: np.ndarray, exclude: set[tuple[int, int]] | None = None,
                          min_correlation: float = MIN_CORRELATION,
                          max_hash_distance: int = MAX_HASH_DISTANCE,
-                         block: int = 1024) -> list[tuple[int, int, float, int]]:
-    """Pairs of near-duplicate thumbnails.
+                         block: int = 1024, components: int = 16) -> list[tuple[int, int, float, int]]:
+    """Pairs of near-duplicate thumbnails, without comparing all pairs.
+
+    The standardised thumbnails are unit vectors, so a correlation of at least ``r`` is a
+    Euclidean distance of at most ``sqrt(2 (1 - r))``. An orthogonal projection never
+    lengthens a distance, so every such pair is also within that radius after projecting
+    onto the first ``components`` principal axes (scikit-learn ``PCA``); the candidates
+    are found by a radius query on a tree over the projections (scikit-learn
+    ``NearestNeighbors``, KD/ball tree: about ``N log N`` for data that is not all alike)
+    and each is then checked exactly (correlation in float64 and pHash distance). The
+    result equals the all-pairs comparison (:func:`near_duplicate_pairs_all`).
 
     Args:
         thumbs: float array ``(N, 32, 32)`` from :func:`thumbnail`.
         exclude: index pairs ``(i, j)`` with ``i < j`` not to report (exact duplicates).
         min_correlation: smallest Pearson correlation of a pair.
         max_hash_distance: largest pHash Hamming distance of a pair, bits.
-        block: rows compared at once (memory is ``block * N`` floats).
+        block: queries per radius search (memory grows with ``block`` times the candidates
+            per image).
+        components: dimensions of the projection.
 
     Returns:
         ``(i, j, correlation, hash_distance)`` with ``i < j``, sorted by ``(i, j)``.
         Flat images (zero variance) correlate with nothing.
     """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
     n = len(thumbs)
     if n < 2:
         return []
     exclude = exclude or set()
-    z = _standardise(thumbs)
+    flat = np.asarray(thumbs, dtype=np.float32).reshape(n, -1)
+    unit = np.concatenate([_standardise(flat[i:i + 8192]).astype(np.float32)  # float64 only per chunk
+                           for i in range(0, n, 8192)])
+    k = min(components, n - 1, unit.shape[1])
+    projected = PCA(n_components=k, svd_solver="randomized", random_state=0).fit_transform(unit) \
+        if k >= 1 else unit
+    radius = float(np.sqrt(max(0.0, 2.0 * (1.0 - min_correlation)))) + 1e-3  # float32 slack
+    tree = NearestNeighbors(radius=radius).fit(projected)
+    hashes = np.stack([phash(t) for t in np.asarray(thumbs)])
+    pairs = []
+    for start in range(0, n, block):
+        neighbours = tree.radius_neighbors(projected[start:start + block], return_distance=False)
+        for offset, found in enumerate(neighbours):
+            i = start + offset
+            js = np.sort(found[found > i])
+            if not len(js):
+                continue
+            distances = np.count_nonzero(hashes[js] != hashes[i], axis=1)
+            js, distances = js[distances <= max_hash_distance], distances[distances <= max_hash_distance]
+            if not len(js):
+                continue
+            corr = _standardise(flat[js]) @ _standardise(flat[i:i + 1])[0]
+            for j, c, d in zip(js, corr, distances):
+                if c >= min_correlation and (i, int(j)) not in exclude:
+                    pairs.append((i, int(j), float(c), int(d)))
+    return sorted(pairs)
+
+
+def near_duplicate_pairs_all(thumbs: np.ndarray, exclude: set[tuple[int, int]] | None = None,
+                             min_correlation: float = MIN_CORRELATION,
+                             max_hash_distance: int = MAX_HASH_DISTANCE,
+                             block: int = 1024) -> list[tuple[int, int, float, int]]:
+    """:func:`near_duplicate_pairs` by comparing all pairs (``N^2``; the reference the
+    indexed search is tested against)."""
+    n = len(thumbs)
+    if n < 2:
+        return []
+    exclude = exclude or set()
+    z = _standardise(np.asarray(thumbs, dtype=np.float32).reshape(n, -1))
     hashes = np.stack([phash(t) for t in thumbs]).astype(np.int32)
     pairs = []
     for start in range(0, n, block):

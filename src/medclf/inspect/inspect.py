@@ -21,6 +21,7 @@ from ..data.sources import Manifest
 from ..errors import UnreadableImage
 from .duplicates import MAX_HASH_DISTANCE, MIN_CORRELATION, exact_duplicate_groups, near_duplicate_pairs, thumbnail
 
+PROGRESS_MIN_ITEMS = 1000  # stages over at least this many items show a progress bar with an ETA
 BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
              "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3,
@@ -125,10 +126,14 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
     frame = manifest.frame.reset_index(drop=True)
     paths = list(frame.path)
     decode = decoded is None
+    from tqdm.auto import tqdm
+    quiet = len(paths) < PROGRESS_MIN_ITEMS
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        infos = list(pool.map(lambda p: scan_file(p, decode=decode), paths))
+        infos = list(tqdm(pool.map(lambda p: scan_file(p, decode=decode), paths), total=len(paths),
+                          desc="inspecting", unit="img", disable=quiet, mininterval=1.0))
     if decoded is not None:
-        for path, info in zip(paths, infos):
+        for path, info in tqdm(list(zip(paths, infos)), desc="thumbnails", unit="img", disable=quiet,
+                               mininterval=1.0):
             if path in decoded and "error" not in info:
                 info["thumb"] = thumbnail(decoded[path])
     good = [i for i, info in enumerate(infos) if "error" not in info]
@@ -169,7 +174,9 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
     def entry(i):
         return {"path": paths[i], "split": str(split[i]), "label": str(label[i])}
 
-    hashes = [infos[i].get("sha") if i in set(good) else None for i in range(len(paths))]
+    good_set = set(good)
+    position = {path: i for i, path in enumerate(paths)}
+    hashes = [infos[i].get("sha") if i in good_set else None for i in range(len(paths))]
     groups = exact_duplicate_groups(hashes)
     exact = [{"files": [entry(i) for i in g], "cross_split": len({split[i] for i in g}) > 1,
               "conflicting_labels": len({label[i] for i in g}) > 1} for g in groups]
@@ -191,7 +198,7 @@ def inspect_manifest(manifest: Manifest, decoded: dict | None = None, workers: i
                                      "thumbnail": 32}
     # leaks: a val/test image with an exact or near copy in an earlier split
     pairs = [(a, b, "exact") for a, b in exact_pairs] + \
-            [(paths.index(n["files"][0]["path"]), paths.index(n["files"][1]["path"]), "near") for n in near]
+            [(position[n["files"][0]["path"]], position[n["files"][1]["path"]], "near") for n in near]
     order = {"train": 0, "val": 1, "test": 2}
     leaks: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
     for a, b, kind in pairs:
