@@ -91,8 +91,9 @@ class RunStore:
     Args:
         backend: ``torch`` (eager PyTorch) or ``onnx`` (the network exported to ONNX in
             memory, predicted by ONNX Runtime on the CPU).
-        batch_window_ms, max_batch: micro-batching of concurrent requests (window in
-            milliseconds, most images per pass); ``batch_window_ms=0`` turns it off.
+        batch_window_ms: micro-batching of concurrent requests: how long the first waits
+            for others, milliseconds; 0 turns it off.
+        max_batch: micro-batching: most images per forward pass.
         on_load: called with ``(run name, backend, seconds)`` after each model load and
             warm-up (one prediction of a blank input).
 

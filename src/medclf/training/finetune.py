@@ -23,12 +23,14 @@ def split_parameters(model: nn.Module, num_classes: int) -> tuple[list, list]:
 
 def parameter_groups(model: nn.Module, num_classes: int, train_cfg) -> list[dict]:
     """Optimiser parameter groups: backbone at ``train.lr * train.backbone_lr_scale``, head at
-    ``train.lr``; one group at ``train.lr`` when the scale is 1."""
+    ``train.lr``; one group at ``train.lr`` when the scale is 1. Each group keeps its
+    ``lr_scale`` (schedules that set their own peak, such as one-cycle, multiply by it)."""
     if train_cfg.backbone_lr_scale == 1:
-        return [{"params": list(model.parameters()), "lr": train_cfg.lr}]
+        return [{"params": list(model.parameters()), "lr": train_cfg.lr, "lr_scale": 1.0}]
     backbone, head = split_parameters(model, num_classes)
-    return [group for group in ({"params": backbone, "lr": train_cfg.lr * train_cfg.backbone_lr_scale},
-                                {"params": head, "lr": train_cfg.lr}) if group["params"]]
+    scale = train_cfg.backbone_lr_scale
+    return [group for group in ({"params": backbone, "lr": train_cfg.lr * scale, "lr_scale": scale},
+                                {"params": head, "lr": train_cfg.lr, "lr_scale": 1.0}) if group["params"]]
 
 
 class FreezeBackbone(BaseFinetuning):

@@ -125,7 +125,7 @@ def build_scheduler(optimizer, cfg, trainer):
         return {"scheduler": sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma, patience=5),
                 "interval": "epoch", "monitor": "val_loss"}
     if cfg.schedule == "onecycle":
-        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=[cfg.lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups], total_steps=total,
                                               pct_start=min(max(warmup, 2) / total, 0.5),
                                               anneal_strategy="cos"), "interval": "step"}
     # cosine with linear warm-up
