@@ -152,3 +152,27 @@ def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp
     with torch.no_grad():
         mean = torch.stack([m(x).softmax(1) for m in ensemble.members]).mean(0)
         torch.testing.assert_close(ensemble(x).softmax(1), mean)
+
+
+def test_an_ensemble_run_trains_with_ddp_two_cpu_processes(tiny_dataset, tmp_path):
+    """DDP (2 CPU processes, gloo) trains every fold model together; rank 0 alone writes."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MEDCLF_RUN_DIR", "MEDCLF_FAULT"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "medclf.cli", "train", str(tiny_dataset), "--out", str(out), "--no-progress",
+         "--set", "train.folds=2", "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2",
+         "--set", "trainer.accelerator=cpu", "--set", "train.max_epochs=1", "--set", "data.image_size=[32,32]",
+         "--set", "model.filters=[8,16]", "--set", "train.batch_size=4", "--set", "eval.bootstrap=0"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list(out.iterdir())
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert json.loads((run / "test_metrics.json").read_text())["world_size"] == 2
+    for k in (0, 1):
+        assert (run / "folds" / f"fold_{k}" / "fold_predictions.csv").is_file()
+        assert list(pd.read_csv(run / "folds" / f"fold_{k}" / "metrics.csv").epoch) == [0]
+    assert len(pd.read_csv(run / "oof_predictions.csv")) == 24
+    assert not list((run / "folds" / "fold_0").glob("folds"))  # no nested run written by rank 1

@@ -21,6 +21,7 @@ from .. import rundir
 from ..checkpoints import read_run_checkpoint
 from ..config import Config
 from ..data.folds import assign_folds, duplicate_pairs
+from ..data.store import DiskImages
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model, write_validation_metrics
 from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
 from ..inspect import leaked_paths
@@ -77,7 +78,7 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
         DataError: fewer patients/images than folds. MedclfError as :func:`medclf.commands.train.train`.
     """
     folds = plan_folds(run_dir, cfg, manifest, splits)
-    images = torch.cat([splits["train"][0], splits["val"][0]])
+    images = _pool_images(splits["train"][0], splits["val"][0])
     labels = torch.cat([splits["train"][1], splits["val"][1]])
     pooled = pool_frame(manifest.frame)
     k = cfg.train.folds
@@ -88,8 +89,8 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
         done = rundir.fold_dir(run_dir, fold) / rundir.FOLD_DONE
         if done.is_file():
             continue
-        rank0 = _fit_fold(run_dir, cfg, manifest, fold, (images[~held], labels[~held]),
-                          EvaluationSplit(images[held], labels[held], pooled[held]), splits["test"],
+        rank0 = _fit_fold(run_dir, cfg, manifest, fold, (_take(images, ~held), labels[~held]),
+                          EvaluationSplit(_take(images, held), labels[held], pooled[held]), splits["test"],
                           progress, callbacks)
     if not rank0:
         return {}, False
@@ -107,11 +108,27 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     # every pooled image trained some member: a test copy of a validation image leaks too
     leaks = {"val": set(), "test": leaked_paths(inspection, "test", ("train", "val")) if inspection else set()}
     extra = {"checkpoint_epoch": cfg.train.max_epochs - 1, "epochs_run": cfg.train.max_epochs, "folds": k,
-             "world_size": 1, "train_time_s": round(time.perf_counter() - started, 1)}
+             "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+             "train_time_s": round(time.perf_counter() - started, 1)}
     metrics = evaluate_model(ensemble, run_dir, manifest.class_names, test, pooled_split, cfg,
                              f"{rundir.FOLDS_DIR}/fold_*/{rundir.LAST}", extra, leaks,
                              pick_device(cfg.trainer.accelerator), out_of_fold=out_of_fold)
     return metrics, True
+
+
+def _pool_images(train, val):
+    """The training then validation images: one tensor, or one view of the disk shard
+    (:class:`~medclf.data.store.DiskImages`, nothing read)."""
+    if isinstance(train, DiskImages) and isinstance(val, DiskImages) and train.path == val.path:
+        return DiskImages(train.path, np.concatenate([train.rows, val.rows]))
+    return torch.cat([torch.as_tensor(train[:]) if isinstance(train, DiskImages) else train,
+                      torch.as_tensor(val[:]) if isinstance(val, DiskImages) else val])
+
+
+def _take(images, mask: np.ndarray):
+    """The rows of ``mask`` (bool ``(N,)``): a tensor, or a view of the disk shard."""
+    positions = np.flatnonzero(mask)
+    return images.subset(positions) if isinstance(images, DiskImages) else images[torch.from_numpy(positions)]
 
 
 def _fit_fold(run_dir: Path, cfg: Config, manifest, fold: int, train: tuple, held: EvaluationSplit,
@@ -139,7 +156,8 @@ def _fit_fold(run_dir: Path, cfg: Config, manifest, fold: int, train: tuple, hel
     log.warning("fold %d of %d: training on %d images, validating on %d", fold + 1, cfg.train.folds,
                 len(train[1]), len(held.labels))
     if trainer is not None:
-        fit(trainer, module, {"train": train, "val": (held.images, held.labels), "test": test}, cfg, folder, ckpt)
+        # the DDP processes that Lightning launches learn the run directory (not the fold's) from fit
+        fit(trainer, module, {"train": train, "val": (held.images, held.labels), "test": test}, cfg, run_dir, ckpt)
         if not trainer.is_global_zero:
             return False
     module.load_state_dict(read_run_checkpoint(last)["state_dict"])
