@@ -19,6 +19,7 @@ from .config import Config, deep_merge, user_settings, validate
 from .data.formats import probe
 from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
+from .training.tasks import plan_task, task_facts
 from .io import write_json
 
 
@@ -122,7 +123,7 @@ def fingerprint(manifest: Manifest) -> dict:
             "class_names": manifest.class_names, "counts": manifest.counts(), "median_size": median,
             "shapes_differ": len(set(sizes)) > 1, "median_spacing": spacing, "modes": dict(modes),
             "formats": dict(formats), "readers": dict(readers), "dtypes": dict(dtypes),
-            "binary": bool(binary) and all(binary)}
+            "binary": bool(binary) and all(binary), **task_facts(manifest)}
 
 
 def _extension(path: str) -> str:
@@ -145,7 +146,9 @@ def plan_config(fp: dict) -> dict:
     Raises:
         KeyError: ``fp`` lacks ``median_size`` or ``counts``.
     """
-    return Planner(fp).plan().to_dict()
+    cfg = Planner(fp).plan()
+    plan_task(cfg, fp)  # multilabel/regression: data.task, loss, monitor (medclf.training.tasks)
+    return cfg.to_dict()
 
 
 class Planner:
