@@ -19,8 +19,8 @@ from .config import Config, deep_merge, user_settings, validate
 from .data.formats import probe
 from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
-from .training.tasks import plan_task, task_facts
 from .io import write_json
+from .training.tasks import plan_task, task_facts
 
 
 @dataclass

@@ -31,9 +31,9 @@ from ..plan import fingerprint, plan_run, read_plan, write_plan
 from ..provenance import provenance
 from ..training import auto_lr
 from ..training.fit import RUN_DIR_ENV, build_trainer, fit, launch_rank, stopped_early
-from ..training.tasks import build_module, finalize_outputs, task_facts
 from ..training.reliability import remove_stale_temporaries
 from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
+from ..training.tasks import build_module, finalize_outputs, task_facts
 from .postrun import after_evaluation
 
 log = logging.getLogger("medclf")

@@ -2,18 +2,20 @@
 multilabel and regression runs (classification keeps :mod:`.checkpoint`'s path)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .. import rundir
 from ..training.safety import advise_on_out_of_memory
-from ..training.tasks import MULTILABEL, REGRESSION, activate
+from ..training.tasks import MULTILABEL, REGRESSION, activate, task_of
 from . import plots
 from .clinical import tta_views
 from .multilabel import write_multilabel_evaluation
-from .predict import pick_device, tta_flip_axes
+from .predict import load_model, pick_device, tta_flip_axes
 from .regression import write_regression_evaluation
 
 
@@ -78,3 +80,65 @@ def evaluate_task(model: torch.nn.Module, out: str | Path, class_names: list[str
                                        class_names[0], checkpoint, extra, config, val_labels,
                                        None if val_pred is None else val_pred[:, 0], facts.get("target_mean"),
                                        None if spread is None else spread[:, 0])
+
+
+def task_prediction_table(run, paths: list[str], arrays: list, errors: dict, tta: bool) -> pd.DataFrame:
+    """``medclf predict`` for a multilabel or regression run.
+
+    Args:
+        run: the :class:`~medclf.rundir.Run`.
+        paths: the image paths, in order.
+        arrays: their preprocessed ``(C, *spatial)`` arrays (None where unreadable).
+        errors: ``{path: why}`` of unreadable files.
+        tta: average over the test-time views (the views are predicted either way for a
+            regression run: their spread is reported).
+
+    Returns:
+        one row per path. Multilabel: ``prob_<finding>`` for every finding (sigmoid), and
+        ``predicted``: the findings at or above their validation-chosen threshold (from
+        ``test_metrics.json``; 0.5 before the run was evaluated) joined by ``|``.
+        Regression: ``predicted`` (target units), ``interval_low``/``interval_high``
+        (the split-conformal interval of the run's evaluation, see
+        :mod:`medclf.evaluation.regression`), ``tta_sd`` (spread of the test-time views).
+        Both: ``tta_views`` and ``error``.
+    """
+    task = task_of(run.config)
+    good = [i for i, a in enumerate(arrays) if a is not None]
+    names = run.class_names
+    values = np.full((len(paths), len(names)), np.nan)
+    spread = np.full(len(paths), np.nan)
+    views_count = 0
+    if good:
+        model = load_model(run)
+        device = pick_device(run.config.trainer.accelerator)
+        images = torch.from_numpy(np.stack([arrays[i] for i in good]))
+        if tta or task == REGRESSION:
+            views = predict_views(model, images, run.config, task, device)
+            values[good] = views.mean(axis=0) if tta else views[0]
+            spread[good] = views.std(axis=0)[:, 0]
+            views_count = len(views) if tta else 0
+        else:
+            values[good] = predict_outputs(model, images, task, run.config.eval.batch_size, device)
+    stored = _stored_metrics(run)
+    frame = pd.DataFrame({"path": paths})
+    if task == MULTILABEL:
+        thresholds = {n: (stored.get("per_label", {}).get(n) or {}).get("threshold", 0.5) for n in names}
+        frame["predicted"] = ["|".join(n for k, n in enumerate(names) if row[k] >= thresholds[n]) or "none"
+                              if p not in errors else "" for row, p in zip(values, paths)]
+        for k, name in enumerate(names):
+            frame[f"prob_{name}"] = values[:, k]
+    else:
+        half = (stored.get("interval") or {}).get("half_width")
+        frame["predicted"] = values[:, 0]
+        frame["interval_low"] = values[:, 0] - half if half is not None else np.nan
+        frame["interval_high"] = values[:, 0] + half if half is not None else np.nan
+        frame["tta_sd"] = spread
+    frame["tta_views"] = views_count
+    frame["error"] = [errors.get(p, "") for p in paths]
+    return frame
+
+
+def _stored_metrics(run) -> dict:
+    """The run's ``test_metrics.json`` ({} before its evaluation)."""
+    path = run.path / rundir.TEST_METRICS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
