@@ -27,8 +27,8 @@ def shapes_image(present: dict, rng: np.random.Generator, size: int = 32) -> tup
     masks["disk"] = (yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 8) ** 2
     bx = int(rng.integers(size // 2 + 3, size - 4))
     masks["bar"] = (np.abs(xx - bx) <= 1) & (yy > 2) & (yy < size - 3)
-    sy, sx = int(rng.integers(size // 2 + 3, size - 8)), int(rng.integers(3, size // 2 - 8))
-    masks["square"] = (yy >= sy) & (yy < sy + 5) & (xx >= sx) & (xx < sx + 5)
+    sy, sx = int(rng.integers(size // 2 + 2, size - 9)), int(rng.integers(2, size // 2 - 9))
+    masks["square"] = (yy >= sy) & (yy < sy + 7) & (xx >= sx) & (xx < sx + 7)
     for name in FINDINGS:
         if present[name]:
             image[masks[name]] += 150
