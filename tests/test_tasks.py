@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, mean_absolute_error, r2_score, roc_auc_score
+from taskdata import make_multilabel_csv, make_regression_csv
 
 from medclf.config import Config, parse_overrides, validate
 from medclf.data.sources import discover_source
@@ -15,7 +16,6 @@ from medclf.errors import DataError
 from medclf.evaluation.multilabel import multilabel_metrics, per_label_thresholds
 from medclf.evaluation.regression import conformal_half_width, regression_metrics
 from medclf.plan import plan_run
-from taskdata import make_multilabel_csv, make_regression_csv
 
 
 def data_config(**settings):
