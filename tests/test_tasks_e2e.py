@@ -104,3 +104,24 @@ def test_regression_predict_gives_a_number_with_an_interval(regression_run):
     assert (frame.tta_sd >= 0).all() and frame.tta_views.eq(0).all()
     truth = pd.read_csv(csv).radius
     assert truth.min() - 3 < frame.predicted.min() and frame.predicted.max() < truth.max() + 3
+
+
+def test_service_returns_findings_and_a_number_with_an_interval(multilabel_run, regression_run):
+    from fastapi.testclient import TestClient
+
+    from medclf.serve.app import create_app
+    ml, ml_csv = multilabel_run
+    rg, rg_csv = regression_run
+    for run, csv in ((ml, ml_csv), (rg, rg_csv)):
+        client = TestClient(create_app(run.run_dir.parent))
+        image = csv.parent / pd.read_csv(csv).iloc[0, 0]
+        with open(image, "rb") as f:
+            answer = client.post(f"/api/runs/{run.run_dir.name}/predict", files={"file": ("x.png", f, "image/png")})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        if run is ml:
+            assert body["task"] == "multilabel" and set(body["probabilities"]) == set(FINDINGS)
+            assert body["findings"] == [n for n in FINDINGS if body["probabilities"][n] >= body["thresholds"][n]]
+        else:
+            low, high = body["interval"]
+            assert body["task"] == "regression" and low < body["value"] < high

@@ -52,8 +52,9 @@ def label_summary_lines(stats: dict | None) -> list[str]:
             lines.append(f"  {split:<6}" + "  ".join(f"{n}={v:.3f}" for n, v in freq.items()))
         names, counts = stats["co_occurrence"]["names"], stats["co_occurrence"]["counts"]
         lines.append("co-occurrence (images with both findings):")
-        lines.append("      " + "".join(f"{n:>6}" for n in names))
-        lines += [f"  {a:<4}" + "".join(f"{c:>6}" for c in row) for a, row in zip(names, counts)]
+        width = max(6, *(len(n) + 1 for n in names))
+        lines.append(" " * (width + 2) + "".join(f"{n:>{width}}" for n in names))
+        lines += [f"  {a:<{width}}" + "".join(f"{c:>{width}}" for c in row) for a, row in zip(names, counts)]
         lines.append("findings per image: " + "  ".join(f"{k}: {v}" for k, v in stats["findings_per_image"].items()))
         return lines
     lines = [f"target {stats['target']} per split:"]

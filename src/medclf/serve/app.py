@@ -34,6 +34,7 @@ from ..errors import ConfigError, MedclfError
 from ..version import __version__
 from .heatmap import gradcam_png
 from .runs import LoadedRun, RunNotFound, RunStore
+from .tasks import task_fields
 
 STATIC = Path(__file__).parent / "static"
 MAX_BATCH_FILES = 64
@@ -82,6 +83,15 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Class name -> softmax probability; they sum to 1.")
     gradcam: Optional[str] = Field(None, description="Grad-CAM overlay of the predicted class: base64 PNG "
                                                      "(only with ?gradcam=true).")
+    task: str = Field("classification", description="classification; multilabel (probabilities: one sigmoid "
+                                                    "per finding, independent); regression (see value).")
+    findings: Optional[list[str]] = Field(None, description="Multilabel: findings at or above their threshold.")
+    thresholds: Optional[dict[str, float]] = Field(None, description="Multilabel: per-finding thresholds "
+                                                                     "chosen on validation.")
+    value: Optional[float] = Field(None, description="Regression: the predicted number, in target units.")
+    interval: Optional[list[float]] = Field(None, description="Regression: [low, high] prediction interval "
+                                                              "(split conformal on validation errors).")
+    interval_level: Optional[float] = Field(None, description="Regression: the interval's intended coverage.")
 
 
 class PredictResponse(Prediction):
@@ -296,5 +306,6 @@ def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[
             "probabilities": {n: float(p) for n, p in zip(names, probs)},
             "gradcam": base64.b64encode(gradcam_png(loaded.cam_model, image, best)).decode("ascii")
             if gradcam else None,
+            **task_fields(loaded.run, probs),  # multilabel findings / regression value and interval
         })
     return results

@@ -17,7 +17,9 @@ import torch
 
 from .. import rundir
 from ..errors import MedclfError, RunDirError
-from ..evaluation.predict import load_model, pick_device, predict_probabilities
+from ..evaluation.outputs import predict_outputs
+from ..evaluation.predict import load_model, pick_device
+from ..training.tasks import task_of
 
 log = logging.getLogger("medclf")
 PLOT_SUFFIXES = (".png", ".svg", ".jpg")
@@ -53,8 +55,10 @@ class LoadedRun:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Softmax probabilities ``(N, num_classes)`` for preprocessed images ``(N, C, *spatial)``."""
-        return predict_probabilities(self.model, images, self.run.config.eval.batch_size, self.device)
+        """Softmax probabilities ``(N, num_classes)`` for preprocessed images ``(N, C, *spatial)``
+        (multilabel: a sigmoid probability per finding; regression: the value ``(N, 1)``)."""
+        return predict_outputs(self.model, images, task_of(self.run.config), self.run.config.eval.batch_size,
+                               self.device)
 
     @property
     def cam_model(self) -> torch.nn.Module:
