@@ -219,3 +219,34 @@ def finalize_outputs(model: torch.nn.Module, task: str, train_counts, train_conf
         fold_target_scale(model, facts)
     elif task == CLASSIFICATION:
         apply_output_prior(model, train_counts, train_config)
+
+
+def task_subset(manifest, n: int, seed: int):
+    """A seeded sample of ``n`` training rows of a multilabel/regression manifest (the
+    sanity checks' subset; classification samples per class instead)."""
+    from ..data.sources import Manifest  # the data stage, as every caller already has it
+    train = manifest.frame[manifest.frame.split == "train"]
+    frame = train.sample(n=min(n, len(train)), random_state=seed).sort_index().reset_index(drop=True)
+    return Manifest(frame, manifest.class_names, task=manifest.task)
+
+
+def initial_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, train_config, facts: dict | None = None):
+    """``(loss, expected)`` at initialisation, unweighted: the task's loss of ``logits``
+    ``(N, K)`` and the loss of an all-zero output, the uninformed guess a fresh network
+    should be close to: ``log(K)`` (classification, uniform softmax), ``log(2)``
+    (multilabel, p = 0.5 per finding), the loss of predicting the training mean
+    (regression; 1 for mse on the standardised target). ``facts``: ``target_mean``/``target_std``."""
+    zeros = torch.zeros_like(logits)
+    if task == MULTILABEL:
+        def loss(out):
+            return F.binary_cross_entropy_with_logits(out, targets.float())
+    elif task == REGRESSION:
+        scale = facts or target_scale(targets.numpy())
+        module = RegressionModule(torch.nn.Identity(), train_config, scale)
+
+        def loss(out):
+            return module._loss(out, targets)
+    else:
+        def loss(out):
+            return F.cross_entropy(out, targets)
+    return loss(logits), float(loss(zeros))

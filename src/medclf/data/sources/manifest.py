@@ -43,9 +43,9 @@ class Manifest:
         float32 ``(N, K)`` 0/1 findings (multilabel) or float32 ``(N,)`` numbers (regression)."""
         rows = self.frame[self.frame.split == split]
         if self.task == "multilabel":
-            return rows[self.class_names].to_numpy(dtype=np.float32).reshape(len(rows), -1)
+            return rows[self.class_names].to_numpy(dtype=np.float32).reshape(len(rows), -1).copy()
         if self.task == "regression":
-            return rows[self.class_names[0]].to_numpy(dtype=np.float32)
+            return rows[self.class_names[0]].to_numpy(dtype=np.float32).copy()
         return np.asarray(self.labels(split), dtype=np.int64)
 
     @property
