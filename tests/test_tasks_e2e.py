@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from taskdata import FINDINGS, make_multilabel_csv, make_regression_csv, shapes_image
 
 from medclf.commands.evaluate import evaluate_run
 from medclf.commands.predict import predict_files
 from medclf.commands.train import train
-from medclf.explain import explain_image
+from medclf.explain import Explainer
 
 SMALL = ["data.image_size=[32,32]", "model.filters=[8,16,32]", "train.batch_size=16", "eval.bootstrap=100",
          "augment.batched=true"]
@@ -69,13 +70,13 @@ def test_gradcam_per_finding_points_at_its_shape(multilabel_run, tmp_path):
     result, _ = multilabel_run
     rng = np.random.default_rng(7)
     inside = {"disk": [], "bar": []}
+    explainer = Explainer.from_run(result.run_dir)
     for i in range(4):
         image, masks = shapes_image({"disk": 1, "bar": 1, "square": 0}, rng)
         path = tmp_path / f"both{i}.png"
-        from PIL import Image
         Image.fromarray(image).save(path)
         for name in inside:
-            heatmap = explain_image(result.run_dir, str(path), class_name=name).heatmap
+            heatmap = explainer.explain(str(path), class_name=name).heatmap
             own, other = masks[name], masks["bar" if name == "disk" else "disk"]
             inside[name].append(heatmap[own].mean() - heatmap[other].mean())
     # each finding's heatmap is brighter on its own shape than on the other one
