@@ -156,3 +156,13 @@ def test_conformal_half_width_small_sample():
     # 9 errors at level 0.9: ceil(10 * 0.9) / 9 = 1 -> the largest error
     assert conformal_half_width(np.zeros(9), np.arange(1, 10)) == 9
     assert conformal_half_width([], []) is None
+
+
+def test_loss_and_monitor_must_fit_the_task(tmp_path):
+    from medclf.errors import ConfigError
+    csv = make_regression_csv(tmp_path / "rg", n=40)
+    with pytest.raises(ConfigError, match="train.loss=bce does not fit data.task=regression"):
+        plan_run(str(csv), None, ["data.label_columns=[radius]", "train.loss=bce"])
+    with pytest.raises(ConfigError, match="train.monitor=val_map is not logged for data.task=regression"):
+        plan_run(str(csv), None, ["data.label_columns=[radius]", "train.monitor=val_map"])
+    assert plan_run(str(csv), None, ["data.label_columns=[radius]", "train.loss=l1"]).config.train.loss == "l1"

@@ -126,3 +126,22 @@ def test_service_returns_findings_and_a_number_with_an_interval(multilabel_run, 
         else:
             low, high = body["interval"]
             assert body["task"] == "regression" and low < body["value"] < high
+
+
+def test_gradcam_of_the_regression_output_points_at_the_disk(regression_run, tmp_path):
+    from taskdata import disk_image
+    result, _ = regression_run
+    explainer = Explainer.from_run(result.run_dir)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:32, :32]
+    margins = []
+    for i in range(3):
+        image = disk_image(9.0, rng)
+        path = tmp_path / f"disk{i}.png"
+        Image.fromarray(image).save(path)
+        explanation = explainer.explain(str(path))
+        assert set(explanation.probabilities) == {"radius"}  # the predicted value, in pixels
+        assert 5 < explanation.probabilities["radius"] < 13
+        disk = image > 120
+        margins.append(explanation.heatmap[disk].mean() - explanation.heatmap[~disk].mean())
+    assert np.mean(margins) > 0, margins

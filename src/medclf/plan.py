@@ -20,7 +20,7 @@ from .data.formats import probe
 from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
 from .io import write_json
-from .training.tasks import plan_task, task_facts
+from .training.tasks import check_loss, plan_task, task_facts, task_of
 
 
 @dataclass
@@ -64,6 +64,7 @@ def plan_run(data, config=None, overrides=None) -> Planned:
     facts = fingerprint(manifest)
     planned = plan_config(facts)
     resolved = validate(deep_merge(planned, deep_merge(tree, {"data": {"source": source}})))
+    check_loss(task_of(resolved), resolved.train.loss, resolved.train.monitor)  # before any work
     return Planned(source, manifest, facts, planned, resolved)
 
 

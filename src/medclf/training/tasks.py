@@ -49,10 +49,18 @@ def task_of(config) -> str:
     return getattr(config.data, "task", None) or CLASSIFICATION
 
 
-def check_loss(task: str, loss: str) -> None:
-    """Raise ConfigError when ``train.loss`` does not fit the task (e.g. cross_entropy for regression)."""
+MONITORS = {CLASSIFICATION: ("val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"),
+            MULTILABEL: ("val_map", "val_roc_auc", "val_loss"), REGRESSION: ("val_mae", "val_r2", "val_loss")}
+
+
+def check_loss(task: str, loss: str, monitor: str | None = None) -> None:
+    """Raise ConfigError when ``train.loss`` (or ``train.monitor``) does not fit the task
+    (e.g. cross_entropy for regression, val_map for classification)."""
     if loss not in LOSSES[task]:
         raise ConfigError(f"train.loss={loss} does not fit data.task={task}; use one of {', '.join(LOSSES[task])}")
+    if monitor is not None and monitor not in MONITORS[task]:
+        raise ConfigError(f"train.monitor={monitor} is not logged for data.task={task}; use one of "
+                          f"{', '.join(MONITORS[task])}")
 
 
 def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -188,7 +196,7 @@ def build_module(network, manifest, cfg, train_targets: torch.Tensor):
         ConfigError: ``train.loss`` does not fit the task.
     """
     task = manifest.task
-    check_loss(task, cfg.train.loss)
+    check_loss(task, cfg.train.loss, cfg.train.monitor)
     if task == MULTILABEL:
         return MultilabelModule(network, manifest.num_classes, cfg.train, pos_weight(train_targets))
     if task == REGRESSION:
