@@ -195,7 +195,9 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'")
         return response
 
-    @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
+    # exclude_unset: the multilabel/regression fields appear only for those runs (classification answers as before)
+    @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"],
+              response_model_exclude_unset=True)
     def predict(run: str, file: Annotated[UploadFile, File(description="Image file (PNG, JPEG, BMP, TIFF).")],
                 gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
         """Class probabilities of one image, with exactly the run's preprocessing."""
@@ -204,7 +206,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         return {"run": run, **result}
 
     @app.post("/api/runs/{run}/predict/batch", response_model=BatchResponse, responses=ERRORS,
-              tags=["predict"])
+              tags=["predict"], response_model_exclude_unset=True)
     def predict_batch(run: str, files: Annotated[list[UploadFile], File(description="Images (repeat the field).")],
                       gradcam: Annotated[bool, Query(description="Add Grad-CAM overlays.")] = False):
         """Class probabilities of several images in one request (at most 64)."""
