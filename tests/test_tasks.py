@@ -48,7 +48,7 @@ def test_regression_inferred_and_planned(tmp_path):
     csv = make_regression_csv(tmp_path / "rg", n=60)
     planned = plan_run(str(csv), None, ["data.label_columns=[radius]"])
     assert planned.config.data.task == "regression"
-    assert planned.config.train.loss == "huber" and planned.config.train.monitor == "val_mae"
+    assert planned.config.train.loss == "l1" and planned.config.train.monitor == "val_mae"
     radius = pd.read_csv(csv).radius
     train = planned.manifest.targets("train")
     assert planned.fingerprint["target_mean"] == pytest.approx(float(train.mean()), rel=1e-5)

@@ -10,8 +10,8 @@ Three kinds (``data.task``; unset means classification, as before):
   training split (PyTorch's documented use of ``pos_weight`` for imbalance).
 - ``regression``: one number per image; the network's single output predicts the target
   standardised with the training mean and standard deviation; the loss (``train.loss``:
-  ``mse``, ``l1`` or ``huber`` with ``delta=1``, i.e. one training standard deviation) is on
-  that scale; after training the scale is folded into the last linear layer
+  ``l1``, planned, ``mse`` or ``huber`` with ``delta=1``, i.e. one training standard
+  deviation) is on that scale; after training the scale is folded into the last linear layer
   (:func:`fold_target_scale`), so the network outputs the target's units.
 
 Other stages ask this module (``task_of(config)``, :func:`activate`, :func:`build_module`,
@@ -35,11 +35,11 @@ from .module import Classifier
 log = logging.getLogger("medclf")
 
 CLASSIFICATION, MULTILABEL, REGRESSION = "classification", "multilabel", "regression"
-LOSSES = {CLASSIFICATION: ("cross_entropy",), MULTILABEL: ("bce",), REGRESSION: ("huber", "mse", "l1")}
+LOSSES = {CLASSIFICATION: ("cross_entropy",), MULTILABEL: ("bce",), REGRESSION: ("l1", "huber", "mse")}
 PLANNED = {  # train.* settings planned per task (classification: the planner's own choices)
     MULTILABEL: {"loss": "bce", "monitor": "val_map", "sampler": "shuffle", "class_weights": "none",
                  "label_smoothing": 0.0, "output_prior": "balanced"},
-    REGRESSION: {"loss": "huber", "monitor": "val_mae", "sampler": "shuffle", "class_weights": "none",
+    REGRESSION: {"loss": "l1", "monitor": "val_mae", "sampler": "shuffle", "class_weights": "none",
                  "label_smoothing": 0.0, "output_prior": "balanced"},
 }
 
