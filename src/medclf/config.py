@@ -40,6 +40,20 @@ class DataConfig(_Section):
     storage_dtype: Literal["float16", "float32"] = Field("float16", description="Number type of the disk shard (data.storage=disk): float16 halves the bytes (values within 1e-3 relative of float32); float32 gives exactly the in-memory arrays.")
     medmnist_root: Optional[str] = Field(None, description="Folder holding MedMNIST .npz files (NAME.npz) for 'medmnist:NAME' sources; downloads go there too (default: $MEDMNIST_ROOT, else ~/.medmnist).")
     max_pixels: int = Field(100_000_000, gt=0, description="Images with more pixels than this are rejected as decompression bombs.")
+    path_column: Optional[str] = Field(None, description="CSV sources: the column holding each image's path (default 'path'; relative paths are resolved against the CSV's folder).")
+    label_columns: Optional[list[str]] = Field(None, min_length=1, description="CSV sources: the label column(s). One column of names: classification; several 0/1 columns: multi-label (one finding per column); one numeric column: regression (with data.task=regression, or inferred when every value is a number and there are many distinct values). Default: the 'label' column. On the command line: --set data.label_columns=[N,D,G].")
+    group_column: Optional[str] = Field(None, description="CSV sources: the column naming the patient (or other group) of each image; all images of a group go to the same split (default 'patient_id' when present).")
+    split_column: Optional[str] = Field(None, description="CSV sources: the column holding each row's split (train/val/test; empty cells are split by the fractions; default 'split' when present).")
+    task: Optional[Literal["classification", "multilabel", "regression"]] = Field(None, description="What the labels are: classification (one class per image), multilabel (several 0/1 findings per image, one sigmoid each) or regression (a number per image). Null: inferred from data.label_columns and said in the log.")
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _columns(cls, value):
+        if isinstance(value, str):  # --set data.label_columns=N,D,G or a single name
+            value = [part.strip() for part in value.strip("[]").split(",") if part.strip()]
+        if isinstance(value, list):
+            value = [str(v) for v in value]
+        return value
 
 
 class PreprocessConfig(_Section):
@@ -138,7 +152,7 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(3.0, ge=0, description="Linear warm-up, epochs (cosine and onecycle).")
     step_size: int = Field(20, ge=1, description="'step' schedule: epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' and 'plateau' schedules: decay factor.")
-    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Loss function: cross-entropy between the predicted class probabilities and the true class (weighted by class_weights).")
+    loss: Literal["cross_entropy", "bce", "mse", "l1", "huber"] = Field("cross_entropy", description="Loss function. cross_entropy: between the predicted class probabilities and the true class (weighted by class_weights; classification). bce: binary cross-entropy with logits, one sigmoid per finding, with per-finding positive weights (negatives/positives in training; multilabel). Regression, on the standardised target: l1 (absolute error; planned: it optimises the mean absolute error that regression runs are judged and checkpointed by, and gave a lower validation MAE than huber on generated data), mse (squared error) or huber (squared below one training standard deviation, absolute above). Planned from data.task.")
     class_weights: Union[Literal["auto", "none"], list[float]] = Field("auto", description="Weights of the classes in the loss. 'auto': inversely proportional to the training class counts (scikit-learn's balanced rule), so that a rare class counts as much as a common one and the model cannot score well by always predicting the majority; no weights when train.sampler is 'balanced' (the batches are balanced already); 'none': every image counts the same; or a list of one weight per class (in class-name order).")
     sampler: Literal["shuffle", "balanced"] = Field("shuffle", description="Order of the training images in an epoch. shuffle: each image once, in random order; balanced: as many draws as images, with replacement, every class equally likely (PyTorch's WeightedRandomSampler rule), so that the rare class is seen often, in varied batches, instead of being up-weighted in the loss. Planned 'balanced' when the largest training class is at least twice the smallest.")
     label_smoothing: float = Field(0.05, ge=0, lt=1, description="Label smoothing of the cross-entropy: the target is 1 - label_smoothing for the true class instead of 1, which discourages over-confident predictions and helps with a few mislabelled images.")
@@ -150,7 +164,7 @@ class TrainConfig(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="Fine-tuning: the backbone's learning rate is train.lr times this (discriminative learning rates, as in ULMFiT/fastai); the head gets train.lr. 1: one learning rate for all.")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss).")
+    monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_map", "val_mae", "val_r2"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss). Multilabel: val_roc_auc is the macro ROC AUC over findings and val_map the mean average precision (planned); regression: val_mae (planned; mean absolute error in target units) or val_r2.")
 
     @field_validator("lr", mode="before")
     @classmethod

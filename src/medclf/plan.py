@@ -23,6 +23,7 @@ from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
 from .io import write_json
 from .training.budget import epochs_for_budget
+from .training.tasks import check_loss, plan_task, task_facts, task_of
 
 
 @dataclass
@@ -66,6 +67,10 @@ def plan_run(data, config=None, overrides=None) -> Planned:
     facts = fingerprint(manifest)
     planned = plan_config(facts)
     resolved = validate(deep_merge(planned, deep_merge(tree, {"data": {"source": source}})))
+    check_loss(task_of(resolved), resolved.train.loss, resolved.train.monitor)  # before any work
+    if resolved.train.folds >= 2 and task_of(resolved) != "classification":
+        raise ConfigError(f"train.folds={resolved.train.folds}: the k-fold ensemble is built for classification; "
+                          f"a {task_of(resolved)} run trains one model (train.folds=0)")
     if resolved.train.time_budget_s and "max_epochs" not in tree.get("train", {}):
         # the budget sizes the epochs of the network and images actually chosen (user settings included)
         resolved.train.max_epochs = epochs_for_budget(resolved, n_pool(facts), n_train(facts),
@@ -142,7 +147,7 @@ def fingerprint(manifest: Manifest) -> dict:
             "class_names": manifest.class_names, "counts": manifest.counts(), "median_size": median,
             "shapes_differ": len(set(sizes)) > 1, "median_spacing": spacing, "modes": dict(modes),
             "formats": dict(formats), "readers": dict(readers), "dtypes": dict(dtypes),
-            "binary": bool(binary) and all(binary)}
+            "binary": bool(binary) and all(binary), **task_facts(manifest)}
 
 
 PROBE_LIMIT = 2000  # items whose headers the fingerprint reads
@@ -176,7 +181,9 @@ def plan_config(fp: dict) -> dict:
     Raises:
         KeyError: ``fp`` lacks ``median_size`` or ``counts``.
     """
-    return Planner(fp).plan().to_dict()
+    cfg = Planner(fp).plan()
+    plan_task(cfg, fp)  # multilabel/regression: data.task, loss, monitor (medclf.training.tasks)
+    return cfg.to_dict()
 
 
 class Planner:
@@ -420,8 +427,8 @@ class Planner:
     def determine_protocol(self, cfg: Config) -> None:
         """The small-data protocol and the time budget of 2D training.
 
-        With at most :attr:`FOLDS_MAX_IMAGES` pooled training and validation images, and at
-        least :attr:`FOLDS_MIN_PER_CLASS` of every class:
+        Classification with at most :attr:`FOLDS_MAX_IMAGES` pooled training and validation
+        images, and at least :attr:`FOLDS_MIN_PER_CLASS` of every class:
         ``train.folds`` = :attr:`FOLDS` (the k-fold ensemble, nnU-Net's practice), the side
         capped at :attr:`FOLDS_IMAGE_SIDE`, early stopping off (every fold trains the
         planned epochs and keeps its last weights: a checkpoint picked on a few dozen images
@@ -439,7 +446,9 @@ class Planner:
         counts = self.fp["counts"]
         per_class = [counts.get("train", {}).get(c, 0) + counts.get("val", {}).get(c, 0)
                      for c in counts.get("train", {})]
-        if n_pool(self.fp) <= self.FOLDS_MAX_IMAGES and per_class and min(per_class) >= self.FOLDS_MIN_PER_CLASS:
+        classification = self.fp.get("task", "classification") == "classification"
+        if classification and n_pool(self.fp) <= self.FOLDS_MAX_IMAGES and per_class \
+                and min(per_class) >= self.FOLDS_MIN_PER_CLASS:
             cfg.train.folds = self.FOLDS
             cfg.train.early_stopping.enabled = False
             side = min(min(cfg.data.image_size), self.FOLDS_IMAGE_SIDE)

@@ -14,8 +14,10 @@ from ..data.sources import Manifest, discover_labelled, discover_source
 from ..errors import DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
 from ..evaluation.metrics import summary_lines
+from ..evaluation.outputs import evaluate_task
 from ..evaluation.predict import load_model, pick_device
 from ..inspect import leaked_paths
+from ..training.tasks import task_of
 from .postrun import after_evaluation
 
 
@@ -48,32 +50,38 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[P
         frame = discover_labelled(data)
     if data is not None:
         unknown = sorted(set(frame.label) - set(run.class_names))
-        if unknown:
+        if unknown and task_of(run.config) == "classification":
             raise DataError(f"{data}: class folder(s) {', '.join(unknown)} are not classes of this run "
                             f"({', '.join(run.class_names)})")
         out = run.path / rundir.EVALUATIONS_DIR / rundir.slug(Path(data).resolve().name)
         (out / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(frame[["path", "label"]].assign(split="test"), run.class_names)
+    task = task_of(run.config)
+    columns = ["path", "label"] + (run.class_names if task != "classification" else [])
+    manifest = Manifest(frame[columns].assign(split="test"), run.class_names, task=task)
     images, kept, bad = prepare_images(manifest, run.config)
-    test = EvaluationSplit(images, pd.Series(kept.labels("test")).to_numpy(), kept.frame)
+    test = EvaluationSplit(images, kept.targets("test"), kept.frame)
     val_frame = split[split.split == "val"]
     val = out_of_fold = None
     if run.is_ensemble:  # the threshold and temperature come from the out-of-fold predictions
         val, out_of_fold = _out_of_fold(run)
     elif len(val_frame):  # the operating threshold and temperature come from the run's validation split
-        val_manifest = Manifest(val_frame[["path", "label"]].assign(split="test").reset_index(drop=True),
-                                run.class_names)
+        val_manifest = Manifest(val_frame[columns].assign(split="test").reset_index(drop=True),
+                                run.class_names, task=task)
         val_images, val_kept, _ = prepare_images(val_manifest, run.config.model_copy(
             update={"data": run.config.data.model_copy(update={"on_bad_file": "skip"})}))
-        val = EvaluationSplit(val_images, pd.Series(val_kept.labels("test")).to_numpy(), val_kept.frame)
+        val = EvaluationSplit(val_images, val_kept.targets("test"), val_kept.frame)
     leaked = _leaked(run)
     if data is not None:  # the inspection knows the run's own test split only
         leaked["test"] = set()
     checkpoint = f"{rundir.FOLDS_DIR}/fold_*/{rundir.LAST}" if run.is_ensemble \
         else str(run.checkpoint.relative_to(run.path))
     extra = {"data": str(data) if data else run.config.data.source, "n_skipped": len(bad)}
-    metrics = evaluate_model(load_model(run), out, run.class_names, test, val, run.config, checkpoint, extra,
-                             leaked, pick_device(run.config.trainer.accelerator), out_of_fold=out_of_fold)
+    if task != "classification":  # multilabel / regression (medclf.evaluation.outputs)
+        metrics = evaluate_task(load_model(run), out, run.class_names, test, val, run.config, checkpoint, extra,
+                                {**run.dataset, "task": task}, pick_device(run.config.trainer.accelerator))
+    else:
+        metrics = evaluate_model(load_model(run), out, run.class_names, test, val, run.config, checkpoint,
+                                 extra, leaked, pick_device(run.config.trainer.accelerator), out_of_fold=out_of_fold)
     if data is None:  # the run's own test split: refresh its gallery and report
         after_evaluation(run.path, run.config)
     return out, metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..inspect import inspect_manifest, summary_lines
+from ..inspect.labels import label_statistics, label_summary_lines
 from ..io import write_json
 from ..plan import plan_run
 
@@ -25,13 +26,16 @@ def inspect_dataset(data: str | Path, config=None, overrides=None) -> dict:
     result = inspect_manifest(planned.manifest)
     result["data"] = str(data)
     result["ignored_files"] = planned.manifest.ignored
+    labels = label_statistics(planned.manifest)  # multilabel / regression: frequencies, co-occurrence, histogram
+    if labels is not None:
+        result["labels"], result["counts"] = labels, planned.manifest.counts()
     return result
 
 
 def main(args) -> int:
     """Print the inspection summary; with ``--out`` also save it as JSON."""
     result = inspect_dataset(args.data, args.config, args.overrides)
-    print("\n".join(summary_lines(result)))
+    print("\n".join(summary_lines(result) + label_summary_lines(result.get("labels"))))
     if args.out:
         write_json(args.out, result)
         print(Path(args.out))

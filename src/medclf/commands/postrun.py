@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..explain.gallery import write_gallery
 from ..report import write_report
+from ..training.tasks import task_of
 
 log = logging.getLogger("medclf")
 
@@ -29,7 +30,7 @@ def register_step(name: str, order: float = 50):
 
 @register_step("gallery", order=50)
 def _gallery(run_dir: Path, config) -> None:
-    if config.explain.gallery_size > 0:
+    if config.explain.gallery_size > 0 and task_of(config) == "classification":  # a gallery of classes
         write_gallery(run_dir, config.explain.gallery_size, config.explain.method)
 
 

@@ -10,8 +10,10 @@ import torch
 from .. import rundir
 from ..data.preprocess import preprocess_all
 from ..errors import DataError
+from ..evaluation.outputs import task_prediction_table
 from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
 from ..io import write_csv
+from ..training.tasks import task_of
 
 
 def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None = None) -> pd.DataFrame:
@@ -44,6 +46,8 @@ def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None
     errors = dict(bad)
     good = [i for i, a in enumerate(arrays) if a is not None]
     tta = run.config.eval.tta if tta is None else bool(tta)
+    if task_of(run.config) != "classification":  # a probability per finding, or a number with an interval
+        return task_prediction_table(run, paths, arrays, errors, tta)
     probabilities = np.full((len(paths), len(run.class_names)), np.nan)
     tta_probabilities = probabilities.copy() if tta else None
     views = 0
@@ -72,6 +76,8 @@ def predict_files(run_dir: str | Path, paths: list[str | Path], tta: bool | None
 def main(args) -> int:
     """``medclf predict RUN IMAGE...``: one line per image; exit 1 when any file failed."""
     frame = predict_files(args.run, args.images, tta=args.tta)
+    if "probability" not in frame:  # multilabel (a probability per finding) or regression
+        return _print_task(frame, args)
     tta = "tta_prob_" if frame.tta_views.max() > 0 else ""
     prob_cols = [c for c in frame.columns if c.startswith(tta + "prob_")]
     for _, row in frame.iterrows():
@@ -81,6 +87,25 @@ def main(args) -> int:
         probs = "  ".join(f"{c[len(tta) + 5:]}={row[c]:.3f}" for c in prob_cols)
         note = f"  (test-time augmentation, {row.tta_views} views)" if tta else ""
         print(f"{row.path}: {row.predicted} ({row.probability:.3f})  {probs}{note}")
+    if args.csv:
+        write_csv(args.csv, frame)
+        print(Path(args.csv))
+    return 1 if (frame.error != "").any() else 0
+
+
+def _print_task(frame: pd.DataFrame, args) -> int:
+    """Print a multilabel (a probability per finding) or regression (a number with an
+    interval) prediction table; exit 1 when any file failed."""
+    for _, row in frame.iterrows():
+        if row.error:
+            print(f"{row.path}: error: {row.error}")
+        elif "interval_low" in frame:
+            interval = f"  (90% interval {row.interval_low:.4g} to {row.interval_high:.4g})" \
+                if np.isfinite(row.interval_low) else ""
+            print(f"{row.path}: {row.predicted:.4g}{interval}  TTA sd {row.tta_sd:.3g}")
+        else:
+            probs = "  ".join(f"{c[5:]}={row[c]:.3f}" for c in frame.columns if c.startswith("prob_"))
+            print(f"{row.path}: {row.predicted}  {probs}")
     if args.csv:
         write_csv(args.csv, frame)
         print(Path(args.csv))

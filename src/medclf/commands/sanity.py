@@ -29,7 +29,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from .. import rundir
 from ..data.prepare import prepare_images
@@ -42,6 +41,7 @@ from ..plan import plan_run
 from ..training.auto_lr import planned_lr
 from ..training.lr_range import lr_range_test
 from ..training.optim import build_optimizer
+from ..training.tasks import initial_loss, task_facts, task_subset
 
 log = logging.getLogger("medclf")
 
@@ -139,11 +139,13 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
                             else Path(planned.source).resolve().name)
     if cfg.train.lr == "auto":  # the checks train at the planned rate; the range test suggests one
         cfg.train.lr = planned_lr(planned.plan)
-    small = subset(manifest, per_class, cfg.seed)
-    images, kept, _ = prepare_images(Manifest(small.frame.assign(split="test"), small.class_names), cfg)
-    labels = torch.tensor(kept.labels("test"), dtype=torch.long)
+    task = manifest.task  # multilabel / regression: a seeded sample, and the task's loss (training.tasks)
+    small = subset(manifest, per_class, cfg.seed) if task == "classification" \
+        else task_subset(manifest, per_class * 4, cfg.seed)
+    images, kept, _ = prepare_images(Manifest(small.frame.assign(split="test"), small.class_names, task=task), cfg)
+    labels = torch.from_numpy(kept.targets("test"))
     num_classes = manifest.num_classes
-    if len(set(labels.tolist())) < num_classes:
+    if task == "classification" and len(set(labels.tolist())) < num_classes:
         raise DataError("the sanity subset lacks readable images of some class")
     out_dir = None
     if out is not None:
@@ -174,11 +176,12 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
         return _finish(report, started)
 
     # 2. initial loss, 3. gradient flow
-    loss0 = F.cross_entropy(logits, labels[:batch_size])
-    expected = math.log(num_classes)
+    loss0, expected = initial_loss(task, logits, labels[:batch_size], cfg.train, task_facts(manifest) or None)
     loss_ok = bool(torch.isfinite(loss0)) and abs(loss0.item() - expected) <= max(0.5 * expected, 0.35)
+    guess = {"classification": "log(num_classes)", "multilabel": "log(2), p = 0.5 per finding"}.get(
+        task, f"{cfg.train.loss} loss of predicting the training mean")
     checks.append(Check("initial loss", loss_ok,
-                        f"{loss0.item():.3f} at initialisation; log(num_classes) = {expected:.3f}",
+                        f"{loss0.item():.3f} at initialisation; {guess} = {expected:.3f}",
                         [] if loss_ok else [f"initialisation (model.init={cfg.model.init}) gives over-confident "
                                             "logits: the last layer's weights are too large",
                                             "inputs not normalised (preprocess.normalization)"]))
@@ -200,6 +203,10 @@ def sanity(data, config=None, overrides=None, out: str | Path | None = "runs", n
                         + (f"; mostly dead: {_names([f'{k} ({v:.0%})' for k, v in bad_layers.items()])}"
                            if bad_layers else ""),
                         _dead_causes(cfg) if bad_layers else []))
+
+    if task != "classification":  # the overfit check and the LR range test count classes
+        checks.append(Check("overfit small subset", True, f"not run for data.task={task} (classification only)"))
+        return _finish(report, started)
 
     # 5. overfit a small subset
     model.load_state_dict(initial_state)

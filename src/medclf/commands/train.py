@@ -23,19 +23,19 @@ from ..diagnostics import write_architecture
 from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
 from ..evaluation.metrics import summary_lines
+from ..evaluation.outputs import evaluate_task
 from ..evaluation.predict import pick_device, training_counts
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
-from ..models.prior import apply_output_prior
 from ..plan import fingerprint, n_pool, n_train, plan_run, read_plan, write_plan
 from ..provenance import provenance
 from ..training import auto_lr
 from ..training.budget import planned_seconds
-from ..training.fit import RUN_DIR_ENV, build_trainer, class_weights, fit, launch_rank, stopped_early
-from ..training.module import Classifier
+from ..training.fit import RUN_DIR_ENV, build_trainer, fit, launch_rank, stopped_early
 from ..training.reliability import remove_stale_temporaries
 from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
+from ..training.tasks import build_module, finalize_outputs, task_facts
 from ._init_from import check_source_leaks, record_source, with_init_from
 from .folds import fit_folds
 from .postrun import after_evaluation
@@ -179,7 +179,8 @@ def _write_manifest(run_dir: Path, manifest, bad, cfg: Config) -> None:
 
 
 def _write_dataset(run_dir: Path, facts: dict, manifest: Manifest, bad: list) -> None:
-    write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), "n_skipped": len(bad)})
+    write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), "n_skipped": len(bad),
+                                          **task_facts(manifest)})
 
 
 def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
@@ -196,7 +197,9 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     if (run_dir / rundir.SPLIT).exists() and (run_dir / rundir.DATASET).exists():
         run = rundir.load_run(run_dir)
         stored = pd.read_csv(run_dir / rundir.SPLIT, dtype={"label": str, "path": str})
-        manifest = Manifest(stored[["path", "label", "split"]].copy(), run.class_names)
+        task = run.dataset.get("task", "classification")
+        columns = ["path", "label", "split"] + (run.class_names if task != "classification" else [])
+        manifest = Manifest(stored[columns].copy(), run.class_names, task=task)
     else:  # killed while preprocessing: the seeded split is found again
         manifest = discover_source(cfg.data.source, cfg.data, cfg.seed)
         stored = None
@@ -238,8 +241,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
         leaks = check_source_leaks(run_dir, cfg, manifest, splits, leaks)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_labels = splits["train"][1]
-    weights = class_weights(train_labels, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
-    module = Classifier(network, manifest.num_classes, cfg.train, weights)
+    module = build_module(network, manifest, cfg, train_labels)  # loss and metrics of the task
     with torch.random.fork_rng():  # drawing the graph must not change the training's randomness
         if rank0:
             write_architecture(network, (cfg.data.in_channels, *cfg.data.image_size), run_dir)
@@ -273,7 +275,8 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     saved = read_run_checkpoint(checkpoint)
     module.load_state_dict(saved["state_dict"])
     # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
-    apply_output_prior(module.model, training_counts(manifest.frame, manifest.class_names), cfg.train)
+    finalize_outputs(module.model, manifest.task, training_counts(manifest.frame, manifest.class_names),
+                     cfg.train, task_facts(manifest))
     epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
              "world_size": trainer.world_size if trainer is not None else 1,
@@ -283,8 +286,14 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     frame = manifest.frame
     test = EvaluationSplit(*splits["test"], frame[frame.split == "test"])
     val = EvaluationSplit(*splits["val"], frame[frame.split == "val"])
-    metrics = evaluate_model(module.model, run_dir, manifest.class_names, test, val, cfg,
-                             str(checkpoint.relative_to(run_dir)), extra, leaks, pick_device(cfg.trainer.accelerator))
+    if manifest.task != "classification":  # multilabel / regression (medclf.evaluation.outputs)
+        metrics = evaluate_task(module.model, run_dir, manifest.class_names, test, val, cfg,
+                                str(checkpoint.relative_to(run_dir)), extra, task_facts(manifest),
+                                pick_device(cfg.trainer.accelerator))
+    else:
+        metrics = evaluate_model(module.model, run_dir, manifest.class_names, test, val, cfg,
+                                 str(checkpoint.relative_to(run_dir)), extra, leaks,
+                                 pick_device(cfg.trainer.accelerator))
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
 

@@ -33,6 +33,7 @@ from typing import Any
 from .. import rundir
 from ..config import deep_merge, user_settings, validate
 from ..errors import ConfigError, MedclfError, TrainingDivergedError
+from ..evaluation.metrics import summary_lines
 from ..io import write_csv, write_json, write_yaml
 from ..plan import plan_run
 from ..search.pruning import OptunaPruning
@@ -268,7 +269,9 @@ def finish(study, search_dir: Path, data: Path, trials: int, metric: str, evalua
                 test_metrics = json.loads((best_run / rundir.TEST_METRICS).read_text(encoding="utf-8"))
             else:
                 _, test_metrics = evaluate_run(best_run)
-            summary["test"] = {k: test_metrics.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "n")}
+            summary["test"] = {k: test_metrics.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "n",
+                                                                  "map", "mean_absolute_error", "r2")
+                               if k in test_metrics}
         write_json(search_dir / "best.json", summary)
     write_plots(study, search_dir / "plots")
     return SearchResult(search_dir, study, table, best_run, best_config, test_metrics, complete)
@@ -285,7 +288,10 @@ def main(args) -> int:
         print("medclf tune: interrupted; run the same command again to continue the search", file=sys.stderr)
         return 130
     print(format_table(result.table))
-    if result.test_metrics:
+    if result.test_metrics and result.test_metrics.get("task"):  # multilabel / regression
+        print("best trial on the test split (never used to rank):\n  "
+              + "\n  ".join(summary_lines(result.test_metrics, result.test_metrics["class_names"])))
+    elif result.test_metrics:
         m = result.test_metrics
         print(f"best trial on the test split (never used to rank): accuracy {m['accuracy']:.3f}  "
               f"balanced accuracy {m['balanced_accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")

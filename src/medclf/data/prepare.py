@@ -44,7 +44,8 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     Returns:
         ``(splits, kept, bad)``: ``splits[split] = (images, labels)`` with images float32
         ``(N, C, H, W)`` (a tensor in memory, or a :class:`~medclf.data.store.DiskImages`
-        view of the disk shard with ``data.storage`` disk) and labels int64 ``(N,)``; ``kept`` the manifest without bad files
+        view of the disk shard with ``data.storage`` disk) and labels int64 ``(N,)``
+        (multilabel: float32 ``(N, K)`` 0/1; regression: float32 ``(N,)``); ``kept`` the manifest without bad files
         (with a ``sha`` column of content hashes); ``bad`` the ``(path, reason)`` list.
 
     Raises:
@@ -59,7 +60,7 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     keep = np.array([a is not None for a in arrays])
     kept_frame = frame[keep].copy()
     kept_frame["sha"] = [h for h in hashes if h is not None]
-    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
     kept_arrays = [a for a in arrays if a is not None]
     check_shapes(kept_arrays, list(kept.frame.path))
     splits = {}
@@ -68,8 +69,10 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
         if len(rows) == 0:
             raise DataError(f"the {split} split has no readable images")
         images = stack_arrays([kept_arrays[i] for i in rows], [kept.frame.path[i] for i in rows])
-        labels = torch.tensor(kept.labels(split), dtype=torch.long)
+        labels = torch.from_numpy(kept.targets(split))  # (N,) class indices, (N, K) findings or (N,) numbers
         splits[split] = (images, labels)
+    if kept.task != "classification":
+        return splits, kept, bad
     train_counts = pd.Series(kept.labels("train")).value_counts()
     missing = [n for i, n in enumerate(manifest.class_names) if i not in train_counts.index]
     if missing:
@@ -129,7 +132,7 @@ def prepare_images(manifest: Manifest, config) -> tuple[torch.Tensor, Manifest, 
         raise DataError("none of the given images can be read")
     frame = manifest.frame[keep].copy()
     frame["sha"] = [h for h in hashes if h is not None]
-    kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
     return stack_arrays([a for a in arrays if a is not None], list(kept.frame.path)), kept, bad
 
 

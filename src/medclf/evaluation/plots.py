@@ -20,11 +20,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def learning_curves(metrics_csv: str | Path, path: str | Path) -> Path:
-    """Loss, accuracy and ROC AUC per epoch for train and validation (three panels)."""
+def learning_curves(metrics_csv: str | Path, path: str | Path,
+                    names: tuple[str, ...] = ("loss", "accuracy", "roc_auc")) -> Path:
+    """Loss, accuracy and ROC AUC (or other ``names``) per epoch for train and validation (three panels)."""
     frame = pd.read_csv(metrics_csv)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, name in zip(axes, ("loss", "accuracy", "roc_auc")):
+    fig, axes = plt.subplots(1, len(names), figsize=(14, 4))
+    for ax, name in zip(axes, names):
         for split, style in (("train", "-"), ("val", "--")):
             column = f"{split}_{name}"
             if column in frame and frame[column].notna().any():

@@ -12,7 +12,7 @@ from .. import rundir
 from ..errors import ConfigError, RunDirError
 from ..models import create_model
 from ..models.ensemble import Ensemble
-from ..models.prior import apply_output_prior
+from ..training.tasks import finalize_outputs, task_of
 from .clinical import tta_views
 
 
@@ -76,7 +76,8 @@ def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.n
     of its fold models, each with the output prior of the images it trained on.
 
     Checkpoints are read with ``weights_only=True``. The logits are shifted to
-    ``train.output_prior`` (:func:`medclf.models.prior.apply_output_prior`), as after training.
+    ``train.output_prior`` (:func:`medclf.models.prior.apply_output_prior`), as after training;
+    a regression network gets its target scale (:func:`medclf.training.tasks.finalize_outputs`).
 
     Raises:
         RunDirError: the checkpoint is missing, damaged, holds code or objects that are not
@@ -95,7 +96,8 @@ def _network(run: rundir.Run, checkpoint: str | Path, counts) -> torch.nn.Module
         model = create_model(model_cfg, run.config.data.in_channels, len(run.class_names)).eval()
     except ConfigError as err:  # the weights are the run's checkpoint, not the user's model.weights
         raise RunDirError(str(err).replace("model.weights: ", "checkpoint: ", 1)) from None
-    apply_output_prior(model, counts, run.config.train)
+    # the output prior (classification) or the target scale (regression), as after training
+    finalize_outputs(model, task_of(run.config), counts, run.config.train, run.dataset)
     return model
 
 

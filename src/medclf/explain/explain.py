@@ -24,6 +24,7 @@ from ..data.preprocess import decode_file, finish, fit_to_size
 from ..errors import DataError, UnreadableImage
 from ..evaluation.predict import load_model
 from ..io import atomic_write
+from ..training.tasks import activate, task_of
 from .cam import Saliency
 from .overlay import overlay_png
 
@@ -33,7 +34,8 @@ class Explanation:
     """The explanation of one image; unpacks as ``probabilities, heatmap, png``.
 
     Attributes:
-        probabilities: ``{class_name: probability}`` (softmax, sums to 1).
+        probabilities: ``{class_name: probability}`` (softmax, sums to 1; multilabel: one
+            sigmoid probability per finding; regression: ``{target: predicted value}``).
         heatmap: float32 ``(H, W)`` or ``(D, H, W)`` in [0, 1], the model input's size.
         png: PNG bytes of original | heatmap | overlay (three orthogonal slices for volumes).
         predicted: the most probable class.
@@ -207,7 +209,8 @@ class Explainer:
         target = self.class_index(class_name)
         batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         with torch.no_grad():
-            probs = self.model(batch).float().softmax(dim=1)[0].numpy()
+            # softmax; a sigmoid per finding (multilabel); the value itself (regression)
+            probs = activate(self.model(batch).float(), task_of(self.config))[0].numpy()
         predicted = int(probs.argmax())
         index = predicted if target is None else target
         heatmap = self.saliency(batch, index)[0]

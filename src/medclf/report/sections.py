@@ -19,6 +19,12 @@ def summary(ctx: ReportContext) -> str | None:
                  ["model", f"{config['model']['name']} ({config['model']['spatial_dims']}D)"],
                  ["image size", " x ".join(str(s) for s in config["data"]["image_size"])]]
     parts = []
+    if metrics and metrics.get("task"):  # multilabel / regression: their section has the numbers
+        parts.append(f'<p class="headline">Test split ({metrics.get("n")} images), {esc(metrics["task"])}: '
+                     + (f'macro ROC AUC <b>{fmt(metrics.get("macro_roc_auc"))}</b>, mAP <b>{fmt(metrics.get("map"))}</b>'
+                        if metrics["task"] == "multilabel" else
+                        f'MAE <b>{fmt(metrics.get("mean_absolute_error"))}</b>, R^2 <b>{fmt(metrics.get("r2"))}</b>')
+                     + "</p>")
     if metrics:
         parts.append(f'<p class="headline">Test split ({metrics.get("n")} images): accuracy '
                      f'<b>{fmt(metrics.get("accuracy"))}</b>, balanced accuracy '
@@ -37,7 +43,11 @@ def summary(ctx: ReportContext) -> str | None:
                  ["checkpoint epoch", metrics.get("checkpoint_epoch")],
                  ["epochs run", metrics.get("epochs_run")],
                  ["training time (s)", metrics.get("train_time_s")]]
-    else:
+    if metrics and not metrics.get("task"):
+        parts.append(f'<p class="headline">Test split ({metrics.get("n")} images): accuracy '
+                     f'<b>{fmt(metrics.get("accuracy"))}</b>, balanced accuracy '
+                     f'<b>{fmt(metrics.get("balanced_accuracy"))}</b>, ROC AUC <b>{fmt(metrics.get("roc_auc"))}</b></p>')
+    elif not metrics:
         parts.append('<p class="warn">No test metrics: the run did not finish its evaluation.</p>')
     parts.append(table([r for r in rows if r[1] is not None], ["", ""]))
     return "\n".join(parts)
@@ -90,7 +100,7 @@ def learning_curves(ctx: ReportContext) -> str | None:
 @register_section("Test metrics", order=40)
 def test_metrics(ctx: ReportContext) -> str | None:
     metrics = ctx.json(rundir.TEST_METRICS)
-    if metrics is None:
+    if metrics is None or metrics.get("task"):  # multilabel / regression: medclf.report.tasks
         return None
     auc = metrics.get("roc_auc_per_class", {})
     rows = [[name, m["sensitivity"], m["specificity"], m["precision"], m["f1"], auc.get(name, float("nan")),

@@ -242,7 +242,7 @@ def best_epoch(metrics_csv: Path, metric: str) -> dict:
         return {"epochs_run": int(len(frame))}
     index = values.idxmax() if MONITOR_MODES[metric] == "max" else values.idxmin()
     row = frame.loc[index]
-    summary = {c: float(row[c]) for c in VAL_COLUMNS if c in row and pd.notna(row[c])}
+    summary = {c: float(row[c]) for c in _val_columns(metric) if c in row and pd.notna(row[c])}
     summary.update(best_epoch=int(row["epoch"]), epochs_run=int(len(frame)))
     return summary
 
@@ -275,12 +275,12 @@ def trials_table(study, metric: str) -> pd.DataFrame:
         row = {"trial": trial.number, "state": trial.state.name,
                "objective": trial.value if trial.value is not None else math.nan}
         row.update({k: _plain(v) for k, v in trial.params.items()})
-        row.update({c: attrs.get(c, math.nan) for c in VAL_COLUMNS})
+        row.update({c: attrs.get(c, math.nan) for c in _val_columns(metric)})
         row.update(best_epoch=attrs.get("best_epoch", math.nan), epochs_run=attrs.get("epochs_run", math.nan),
                    duration_s=round(duration, 1), host=attrs.get("host", ""), run_dir=attrs.get("run_dir", ""),
                    note=note)
         rows.append(row)
-    columns = ["trial", "state", "objective", *keys, *VAL_COLUMNS, "best_epoch", "epochs_run",
+    columns = ["trial", "state", "objective", *keys, *_val_columns(metric), "best_epoch", "epochs_run",
                "duration_s", "host", "run_dir", "note"]
     frame = pd.DataFrame(rows, columns=columns)
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
@@ -290,6 +290,12 @@ def trials_table(study, metric: str) -> pd.DataFrame:
     frame = frame.sort_values(["_state", "_value", "trial"], na_position="last").drop(columns=["_state", "_value"])
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame.reset_index(drop=True)
+
+
+def _val_columns(metric: str) -> list[str]:
+    """:data:`VAL_COLUMNS` and the ranking metric when it is another (``val_map``, ``val_mae``
+    of multilabel / regression runs)."""
+    return VAL_COLUMNS + ([metric] if metric not in VAL_COLUMNS else [])
 
 
 def _plain(value):

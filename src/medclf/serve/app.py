@@ -41,6 +41,7 @@ from ..version import __version__
 from .heatmap import gradcam_png
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .runs import LoadedRun, RunNotFound, RunStore
+from .tasks import task_fields
 
 STATIC = Path(__file__).parent / "static"
 MAX_BATCH_FILES = 64
@@ -95,6 +96,15 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Class name -> softmax probability; they sum to 1.")
     gradcam: Optional[str] = Field(None, description="Grad-CAM overlay of the predicted class: base64 PNG "
                                                      "(only with ?gradcam=true).")
+    task: str = Field("classification", description="classification; multilabel (probabilities: one sigmoid "
+                                                    "per finding, independent); regression (see value).")
+    findings: Optional[list[str]] = Field(None, description="Multilabel: findings at or above their threshold.")
+    thresholds: Optional[dict[str, float]] = Field(None, description="Multilabel: per-finding thresholds "
+                                                                     "chosen on validation.")
+    value: Optional[float] = Field(None, description="Regression: the predicted number, in target units.")
+    interval: Optional[list[float]] = Field(None, description="Regression: [low, high] prediction interval "
+                                                              "(split conformal on validation errors).")
+    interval_level: Optional[float] = Field(None, description="Regression: the interval's intended coverage.")
 
 
 class PredictResponse(Prediction):
@@ -237,7 +247,9 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'")
         return response
 
-    @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
+    # exclude_unset: the multilabel/regression fields appear only for those runs (classification answers as before)
+    @app.post("/api/runs/{run}/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"],
+              response_model_exclude_unset=True)
     async def predict(run: str, file: Annotated[UploadFile, File(description="Image file (PNG, JPEG, BMP, TIFF).")],
                       gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
         """Class probabilities of one image, with exactly the run's preprocessing."""
@@ -246,7 +258,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         return {"run": run, **result}
 
     @app.post("/api/runs/{run}/predict/batch", response_model=BatchResponse, responses=ERRORS,
-              tags=["predict"])
+              tags=["predict"], response_model_exclude_unset=True)
     async def predict_batch(run: str, files: Annotated[list[UploadFile], File(description="Images (repeat the field).")],
                             gradcam: Annotated[bool, Query(description="Add Grad-CAM overlays.")] = False):
         """Class probabilities of several images in one request (at most 64)."""
@@ -366,5 +378,6 @@ def _results(loaded: LoadedRun, files: list[UploadFile], images: torch.Tensor, p
             "probabilities": {n: float(p) for n, p in zip(names, probs)},
             "gradcam": base64.b64encode(gradcam_png(loaded.cam_model, image, best)).decode("ascii")
             if gradcam else None,
+            **task_fields(loaded.run, probs),  # multilabel findings / regression value and interval
         })
     return results

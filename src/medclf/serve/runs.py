@@ -19,7 +19,9 @@ import torch
 
 from .. import rundir
 from ..errors import ConfigError, MedclfError, RunDirError
-from ..evaluation.predict import load_model, pick_device, predict_probabilities
+from ..evaluation.outputs import predict_outputs
+from ..evaluation.predict import load_model, pick_device
+from ..training.tasks import task_of
 from .batching import MicroBatcher
 
 log = logging.getLogger("medclf")
@@ -63,11 +65,13 @@ class LoadedRun:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Softmax probabilities ``(N, num_classes)`` for preprocessed images ``(N, C, *spatial)``."""
+        """Softmax probabilities ``(N, num_classes)`` for preprocessed images ``(N, C, *spatial)``
+        (multilabel: a sigmoid probability per finding; regression: the value ``(N, 1)``)."""
         if self.session is not None:
             from ..export.export import onnx_probabilities
             return onnx_probabilities(self.session, images)
-        return predict_probabilities(self.model, images, self.run.config.eval.batch_size, self.device)
+        return predict_outputs(self.model, images, task_of(self.run.config), self.run.config.eval.batch_size,
+                               self.device)
 
     @property
     def cam_model(self) -> torch.nn.Module:
@@ -224,7 +228,10 @@ class RunStore:
         model = load_model(run, None if run.is_ensemble else checkpoint).to(self.device).eval()
         loaded = LoadedRun(name, run, model, self.device, stamp)
         shape = [run.config.data.in_channels, *run.config.data.image_size]
-        if self.backend == "onnx":
+        if self.backend == "onnx" and task_of(run.config) != "classification":
+            log.warning("serve: run %s (%s) is served by PyTorch: the ONNX backend exports softmax "
+                        "probabilities, for classification runs", name, task_of(run.config))
+        elif self.backend == "onnx":
             from ..export.export import onnx_session_for
             try:
                 loaded.session = onnx_session_for(model.cpu(), shape)

@@ -41,7 +41,7 @@ class MetricsCSV(L.Callback):
         # fresh run: no rows; resumed run: the rows restored from the checkpoint (a row
         # written after that checkpoint belongs to an epoch that is run again)
         if self.rows or self.path.exists():
-            write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
+            write_csv(self.path, pd.DataFrame(self.rows, columns=_columns(self.rows)))
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
@@ -54,8 +54,18 @@ class MetricsCSV(L.Callback):
         for column in COLUMNS[1:-2]:
             value = metrics.get(column)
             row[column] = float(value) if value is not None else math.nan
+        for key in sorted(metrics):  # the task metrics of multilabel/regression (val_map, val_mae, ...)
+            if key.startswith(("train_", "val_")) and key not in COLUMNS and key not in ("val_selection",
+                                                                                           "train_loss_step"):
+                row[key] = float(metrics[key])
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         row["epoch_time_s"] = round(time.perf_counter() - (self._start or time.perf_counter()), 3)
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero:  # one writer in multi-process (DDP) training
-            write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
+            write_csv(self.path, pd.DataFrame(self.rows, columns=_columns(self.rows)))
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """:data:`COLUMNS` with any task metric columns of the rows after them."""
+    extra = sorted({key for row in rows for key in row} - set(COLUMNS))
+    return COLUMNS + extra

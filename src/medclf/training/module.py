@@ -15,7 +15,7 @@ from .metrics import roc_auc
 from .optim import build_optimizer
 
 MONITOR_MODES = {"val_roc_auc": "max", "val_loss": "min", "val_accuracy": "max",
-                 "val_balanced_accuracy": "max"}
+                 "val_balanced_accuracy": "max", "val_map": "max", "val_mae": "min", "val_r2": "max"}
 
 
 class Classifier(L.LightningModule):
@@ -80,16 +80,22 @@ class Classifier(L.LightningModule):
                 outputs = self._outputs[split]
                 if self.trainer.world_size > 1:  # DDP: every rank computes on all ranks' outputs
                     outputs = self._gather(outputs)
-                metrics.update(epoch_metrics(split, outputs, self.num_classes))
+                metrics.update(self.epoch_metrics(split, outputs))
             self._outputs[split].clear()
         monitor = self.cfg.monitor
         if monitor in metrics and "val_loss" in metrics and monitor != "val_loss":
             # among equal AUCs (frequent on a small validation split) prefer the lower loss
-            metrics["val_selection"] = metrics[monitor] - 1e-4 * min(metrics["val_loss"], 10.0)
+            sign = 1.0 if MONITOR_MODES[monitor] == "max" else -1.0  # a lower loss always wins the tie
+            metrics["val_selection"] = metrics[monitor] - sign * 1e-4 * min(metrics["val_loss"], 10.0)
         elif monitor in metrics:
             metrics["val_selection"] = metrics[monitor]
         for key, value in metrics.items():
             self.log(key, torch.tensor(value, dtype=torch.float32), prog_bar=key in ("val_loss", "val_roc_auc"))
+
+    def epoch_metrics(self, split: str, outputs) -> dict[str, float]:
+        """The epoch's ``{split}_*`` metrics from its ``(logits, labels, loss_sum)`` tuples
+        (:func:`epoch_metrics`; the task modules of :mod:`medclf.training.tasks` override it)."""
+        return epoch_metrics(split, outputs, self.num_classes)
 
     def _gather(self, outputs):
         """Concatenate one rank's ``(logits, labels, loss_sum)`` tuples and all-gather them

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import csv, folder, medmnist
+from . import csv, folder, medmnist, table
 from .folder import discover_labelled, ignore_reason
 from .manifest import SPLITS, Manifest, carve, check_classes, ordered
 
@@ -33,6 +33,8 @@ def discover_source(source: str | os.PathLike, data_config, seed: int = 42) -> M
         if "val" not in set(frame.split):
             frame = carve(frame, "train", "val", data_config.val_fraction, seed)
         return Manifest(ordered(frame, sort_paths=False), class_names)
+    if text.lower().endswith(".csv") and not Path(text).is_dir() and table.wants_table(data_config):
+        return table.read_table(text, data_config, seed)  # named columns, multilabel, regression
     if text.lower().endswith(".csv") and not Path(text).is_dir():
         frame = csv.read_manifest_csv(text)
         frame = csv.split_manifest(frame, data_config.val_fraction, data_config.test_fraction, seed)

@@ -42,7 +42,8 @@ def read_manifest_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; a manifest needs "
-                        f"path,label and optionally split,patient_id (has: {', '.join(frame.columns)})")
+                        f"path,label and optionally split,patient_id (has: {', '.join(frame.columns)}); other "
+                        "column names: set data.path_column, data.label_columns, data.group_column, data.split_column")
     if frame.empty:
         raise DataError(f"{csv_path}: the manifest has no rows")
     base = csv_path.resolve().parent

@@ -26,11 +26,27 @@ class Manifest:
         class_names: sorted class names; the class index used everywhere is the position
             in this list.
         ignored: paths that were skipped because of their name or extension.
+        task: ``classification`` (``label`` is the class name), ``multilabel`` (one 0/1
+            column per finding, named as in ``class_names``; ``label`` joins the positive
+            findings with ``|``) or ``regression`` (the target column named
+            ``class_names[0]``, a number; ``label`` is its text). See
+            :mod:`medclf.data.sources.table`.
     """
 
     frame: pd.DataFrame
     class_names: list[str]
     ignored: list[str] = field(default_factory=list)
+    task: str = "classification"
+
+    def targets(self, split: str) -> np.ndarray:
+        """Training targets of ``split``: int64 ``(N,)`` class indices (classification),
+        float32 ``(N, K)`` 0/1 findings (multilabel) or float32 ``(N,)`` numbers (regression)."""
+        rows = self.frame[self.frame.split == split]
+        if self.task == "multilabel":
+            return rows[self.class_names].to_numpy(dtype=np.float32).reshape(len(rows), -1).copy()
+        if self.task == "regression":
+            return rows[self.class_names[0]].to_numpy(dtype=np.float32).copy()
+        return np.asarray(self.labels(split), dtype=np.int64)
 
     @property
     def num_classes(self) -> int:
@@ -42,7 +58,14 @@ class Manifest:
         return [index[label] for label in self.frame.loc[self.frame.split == split, "label"]]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {class: count}}`` for the summary."""
+        """``{split: {class: count}}`` for the summary (multilabel: positives per finding;
+        regression: ``{target: images}``)."""
+        if self.task != "classification":
+            present = [s for s in SPLITS if s in set(self.frame.split)]
+            rows = {s: self.frame[self.frame.split == s] for s in present}
+            if self.task == "multilabel":
+                return {s: {n: int(rows[s][n].astype(float).sum()) for n in self.class_names} for s in present}
+            return {s: {self.class_names[0]: len(rows[s])} for s in present}
         table = self.frame.groupby(["split", "label"]).size()
         return {split: {name: int(table.get((split, name), 0)) for name in self.class_names}
                 for split in SPLITS if split in set(self.frame.split)}

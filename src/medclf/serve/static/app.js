@@ -133,8 +133,29 @@ async function predictFile(run, file, withCam, result) {
     return;
   }
   const entries = Object.entries(answer.probabilities).sort((a, b) => b[1] - a[1]);
-  const bars = el("div", { class: "bars" }, el("div", {}, "predicted: ", el("span", { id: "predicted", text: answer.predicted }),
-    ` (${(100 * answer.probability).toFixed(1)} %)`),
+  const fmt = (v) => Number(v).toPrecision(4);
+  let headline = el("div", {}, "predicted: ", el("span", { id: "predicted", text: answer.predicted }),
+    ` (${(100 * answer.probability).toFixed(1)} %)`);
+  if (answer.task === "multilabel") {  // independent probabilities, one per finding
+    const found = answer.findings.length ? answer.findings.join(", ") : "none";
+    headline = el("div", {}, "findings above their threshold: ", el("span", { id: "predicted", text: found }));
+  }
+  if (answer.task === "regression") {  // a number with its prediction interval
+    const interval = answer.interval ? ` (${Math.round(100 * answer.interval_level)} % interval ${fmt(answer.interval[0])} to ${fmt(answer.interval[1])})` : "";
+    const value = el("div", { class: "bars" }, el("div", {}, `${answer.predicted}: `, el("span", { id: "predicted", text: fmt(answer.value) }),
+      el("span", { id: "interval", text: interval })), el("p", { class: "muted", text: `run ${answer.run} · file ${answer.filename}` }));
+    const figs = [];
+    if (/^image\/(png|jpeg|gif|bmp|webp)$/.test(file.type)) {
+      figs.push(el("figure", {}, el("img", { id: "upload-preview", src: URL.createObjectURL(file), alt: "uploaded image" }), el("figcaption", { text: "image" })));
+    }
+    if (answer.gradcam) {
+      figs.push(el("figure", {}, el("img", { id: "heatmap", src: `data:image/png;base64,${answer.gradcam}`, alt: "Grad-CAM" }),
+        el("figcaption", { text: "Grad-CAM of the predicted value" })));
+    }
+    result.replaceChildren(el("div", { class: "result" }, figs, value));
+    return;
+  }
+  const bars = el("div", { class: "bars" }, headline,
     entries.map(([cls, p]) => {
       const fill = el("div", { class: "fill" });
       fill.style.width = `${(100 * p).toFixed(1)}%`;

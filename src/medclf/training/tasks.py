@@ -1,0 +1,260 @@
+"""The task kind of a run, and what depends on it: loss, output activation, per-epoch
+metrics, the planned settings, and what is folded into the network after training.
+
+Three kinds (``data.task``; unset means classification, as before):
+
+- ``classification``: one class per image; softmax over ``num_classes`` logits,
+  cross-entropy (:class:`~medclf.training.module.Classifier`, unchanged).
+- ``multilabel``: ``K`` findings per image, each 0/1; one sigmoid per finding,
+  ``BCEWithLogitsLoss`` with per-finding ``pos_weight = negatives / positives`` of the
+  training split (PyTorch's documented use of ``pos_weight`` for imbalance).
+- ``regression``: one number per image; the network's single output predicts the target
+  standardised with the training mean and standard deviation; the loss (``train.loss``:
+  ``l1``, planned, ``mse`` or ``huber`` with ``delta=1``, i.e. one training standard
+  deviation) is on that scale; after training the scale is folded into the last linear layer
+  (:func:`fold_target_scale`), so the network outputs the target's units.
+
+Other stages ask this module (``task_of(config)``, :func:`activate`, :func:`build_module`,
+:func:`finalize_outputs`) instead of testing the kind themselves.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..models.prior import apply_output_prior, last_linear
+from .fit import class_weights
+from .module import Classifier
+
+log = logging.getLogger("medclf")
+
+CLASSIFICATION, MULTILABEL, REGRESSION = "classification", "multilabel", "regression"
+LOSSES = {CLASSIFICATION: ("cross_entropy",), MULTILABEL: ("bce",), REGRESSION: ("l1", "huber", "mse")}
+PLANNED = {  # train.* settings planned per task (classification: the planner's own choices)
+    MULTILABEL: {"loss": "bce", "monitor": "val_map", "sampler": "shuffle", "class_weights": "none",
+                 "label_smoothing": 0.0, "output_prior": "balanced"},
+    REGRESSION: {"loss": "l1", "monitor": "val_mae", "sampler": "shuffle", "class_weights": "none",
+                 "label_smoothing": 0.0, "output_prior": "balanced"},
+}
+
+
+def task_of(config) -> str:
+    """The task kind of a configuration (``data.task``; None is classification)."""
+    return getattr(config.data, "task", None) or CLASSIFICATION
+
+
+MONITORS = {CLASSIFICATION: ("val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy"),
+            MULTILABEL: ("val_map", "val_roc_auc", "val_loss"), REGRESSION: ("val_mae", "val_r2", "val_loss")}
+
+
+def check_loss(task: str, loss: str, monitor: str | None = None) -> None:
+    """Raise ConfigError when ``train.loss`` (or ``train.monitor``) does not fit the task
+    (e.g. cross_entropy for regression, val_map for classification)."""
+    if loss not in LOSSES[task]:
+        raise ConfigError(f"train.loss={loss} does not fit data.task={task}; use one of {', '.join(LOSSES[task])}")
+    if monitor is not None and monitor not in MONITORS[task]:
+        raise ConfigError(f"train.monitor={monitor} is not logged for data.task={task}; use one of "
+                          f"{', '.join(MONITORS[task])}")
+
+
+def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Network outputs ``(N, K)`` to predictions: softmax probabilities ``(N, K)``
+    (classification), sigmoid probabilities ``(N, K)`` (multilabel), or the values
+    themselves ``(N, 1)`` (regression, already in target units after :func:`finalize_outputs`)."""
+    if task == MULTILABEL:
+        return torch.sigmoid(logits)
+    if task == REGRESSION:
+        return logits
+    return logits.softmax(dim=1)
+
+
+def target_scale(targets) -> dict:
+    """``{"target_mean", "target_std"}`` of training targets ``(N,)`` (population sd; 1 when constant)."""
+    values = np.asarray(targets, dtype=np.float64)
+    std = float(values.std())
+    return {"target_mean": float(values.mean()), "target_std": std if std > 0 else 1.0}
+
+
+def task_facts(manifest) -> dict:
+    """What a run stores about its task in ``dataset.json`` and ``plan.json``: ``task``, and
+    for regression the training target scale (:func:`target_scale`); ``{}`` for classification."""
+    if manifest.task == CLASSIFICATION:
+        return {}
+    facts = {"task": manifest.task}
+    if manifest.task == REGRESSION:
+        facts.update(target_scale(manifest.targets("train")))
+    else:
+        facts["train_prevalence"] = [float(v) for v in manifest.targets("train").mean(axis=0)]
+    return facts
+
+
+def plan_task(cfg, fp: dict) -> None:
+    """Planner decision for multilabel/regression fingerprints (``fp["task"]``): record
+    ``data.task`` and set the loss, monitor and sampler of :data:`PLANNED` (class-balanced
+    batches and class weights are classification ideas; per-finding ``pos_weight`` plays
+    their role in multilabel). Classification: unchanged."""
+    task = fp.get("task", CLASSIFICATION)
+    if task == CLASSIFICATION:
+        return
+    cfg.data.task = task
+    for key, value in PLANNED[task].items():
+        setattr(cfg.train, key, value)
+
+
+def pos_weight(targets: torch.Tensor) -> torch.Tensor:
+    """Per-finding positive weights ``(K,)`` = negatives / positives in training targets ``(N, K)``
+    (clamped to [0.1, 100]), the ``pos_weight`` of ``BCEWithLogitsLoss``."""
+    positives = targets.float().sum(dim=0)
+    negatives = len(targets) - positives
+    return (negatives / positives.clamp(min=1)).clamp(0.1, 100.0)
+
+
+class MultilabelModule(Classifier):
+    """One sigmoid per finding: logits ``(N, K)``, targets float ``(N, K)`` of 0/1.
+
+    Per epoch: ``{split}_loss``, ``{split}_roc_auc`` (macro over findings with both
+    classes present), ``{split}_map`` (macro average precision), scikit-learn's.
+    """
+
+    def __init__(self, model, num_classes: int, train_config, pos_weights: torch.Tensor):
+        super().__init__(model, num_classes, train_config, None)
+        self.register_buffer("pos_weights", torch.as_tensor(pos_weights, dtype=torch.float32))
+
+    def _loss(self, logits, labels):
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.pos_weights)
+
+    def epoch_metrics(self, split, outputs):
+        logits = torch.cat([o[0] for o in outputs])
+        labels = torch.cat([o[1] for o in outputs]).cpu().numpy()
+        probs = torch.sigmoid(logits).cpu().numpy()
+        loss = float(sum(o[2] for o in outputs) / len(labels))
+        return {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in multilabel_summary(labels, probs).items()}}
+
+
+def multilabel_summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Macro ROC AUC and mean average precision over the findings of ``(N, K)`` 0/1
+    labels and probabilities that have both classes (scikit-learn); NaN when none has."""
+    usable = [k for k in range(labels.shape[1]) if 0 < labels[:, k].sum() < len(labels)]
+    if not usable:
+        return {"roc_auc": math.nan, "map": math.nan}
+    return {"roc_auc": float(np.mean([roc_auc_score(labels[:, k], probabilities[:, k]) for k in usable])),
+            "map": float(np.mean([average_precision_score(labels[:, k], probabilities[:, k]) for k in usable]))}
+
+
+class RegressionModule(Classifier):
+    """One output, the standardised target: logits ``(N, 1)``, targets float ``(N,)`` in
+    target units, standardised inside the loss by the stored training ``target_mean`` and
+    ``target_std``.
+
+    Per epoch: ``{split}_loss`` (standardised scale), ``{split}_mae`` and ``{split}_rmse``
+    (target units), ``{split}_r2``.
+    """
+
+    def __init__(self, model, train_config, scale: dict):
+        super().__init__(model, 1, train_config, None)
+        self.register_buffer("target_mean", torch.tensor(float(scale["target_mean"])))
+        self.register_buffer("target_std", torch.tensor(float(scale["target_std"])))
+
+    def _loss(self, logits, labels):
+        z = (labels.float() - self.target_mean) / self.target_std
+        pred = logits.reshape(-1)
+        if self.cfg.loss == "mse":
+            return F.mse_loss(pred, z)
+        if self.cfg.loss == "l1":
+            return F.l1_loss(pred, z)
+        return F.huber_loss(pred, z, delta=1.0)
+
+    def epoch_metrics(self, split, outputs):
+        pred = torch.cat([o[0] for o in outputs]).reshape(-1).double() * self.target_std.double() \
+            + self.target_mean.double()
+        labels = torch.cat([o[1] for o in outputs]).double().to(pred.device)
+        loss = float(sum(o[2] for o in outputs) / len(labels))
+        error = pred - labels
+        total = ((labels - labels.mean()) ** 2).sum()
+        r2 = float(1 - (error ** 2).sum() / total) if total > 0 else math.nan
+        return {f"{split}_loss": loss, f"{split}_mae": float(error.abs().mean()),
+                f"{split}_rmse": float(error.pow(2).mean().sqrt()), f"{split}_r2": r2}
+
+
+def build_module(network, manifest, cfg, train_targets: torch.Tensor):
+    """The LightningModule for the run's task.
+
+    Args:
+        network: ``(N, C, *spatial) -> (N, num_classes)`` (regression: ``(N, 1)``).
+        manifest: the run's manifest (``task``, ``class_names``, training targets).
+        cfg: the resolved configuration.
+        train_targets: the training split's targets (see
+            :meth:`~medclf.data.sources.manifest.Manifest.targets`).
+
+    Raises:
+        ConfigError: ``train.loss`` does not fit the task.
+    """
+    task = manifest.task
+    check_loss(task, cfg.train.loss, cfg.train.monitor)
+    if task == MULTILABEL:
+        return MultilabelModule(network, manifest.num_classes, cfg.train, pos_weight(train_targets))
+    if task == REGRESSION:
+        return RegressionModule(network, cfg.train, target_scale(train_targets.numpy()))
+    weights = class_weights(train_targets, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
+    return Classifier(network, manifest.num_classes, cfg.train, weights)
+
+
+def fold_target_scale(model: torch.nn.Module, scale: dict) -> None:
+    """Fold ``y = target_std * z + target_mean`` into the last linear layer (1 output) of
+    the model, in place, so that it outputs target units (each branch of a fusion)."""
+    std, mean = float(scale["target_std"]), float(scale["target_mean"])
+    layers = [last_linear(branch, 1) for branch in getattr(model, "branches", lambda: [model])()]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.mul_(std)
+            layer.bias.mul_(std).add_(mean)
+
+
+def finalize_outputs(model: torch.nn.Module, task: str, train_counts, train_config, facts: dict) -> None:
+    """What every consumer of a trained network applies after loading its weights, in place:
+    the output prior (classification, :func:`medclf.models.prior.apply_output_prior`), the
+    target scale (regression, ``facts`` holds ``target_mean``/``target_std``), nothing
+    (multilabel)."""
+    if task == REGRESSION:
+        if "target_mean" not in facts:
+            raise ConfigError("a regression run needs target_mean and target_std (dataset.json)")
+        fold_target_scale(model, facts)
+    elif task == CLASSIFICATION:
+        apply_output_prior(model, train_counts, train_config)
+
+
+def task_subset(manifest, n: int, seed: int):
+    """A seeded sample of ``n`` training rows of a multilabel/regression manifest (the
+    sanity checks' subset; classification samples per class instead)."""
+    from ..data.sources import Manifest  # the data stage, as every caller already has it
+    train = manifest.frame[manifest.frame.split == "train"]
+    frame = train.sample(n=min(n, len(train)), random_state=seed).sort_index().reset_index(drop=True)
+    return Manifest(frame, manifest.class_names, task=manifest.task)
+
+
+def initial_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, train_config, facts: dict | None = None):
+    """``(loss, expected)`` at initialisation, unweighted: the task's loss of ``logits``
+    ``(N, K)`` and the loss of an all-zero output, the uninformed guess a fresh network
+    should be close to: ``log(K)`` (classification, uniform softmax), ``log(2)``
+    (multilabel, p = 0.5 per finding), the loss of predicting the training mean
+    (regression; 1 for mse on the standardised target). ``facts``: ``target_mean``/``target_std``."""
+    zeros = torch.zeros_like(logits)
+    if task == MULTILABEL:
+        def loss(out):
+            return F.binary_cross_entropy_with_logits(out, targets.float())
+    elif task == REGRESSION:
+        scale = facts or target_scale(targets.numpy())
+        module = RegressionModule(torch.nn.Identity(), train_config, scale)
+
+        def loss(out):
+            return module._loss(out, targets)
+    else:
+        def loss(out):
+            return F.cross_entropy(out, targets)
+    return loss(logits), float(loss(zeros))
