@@ -63,6 +63,7 @@ def test_torchrun_two_nodes_train_one_run_from_the_disk_cache(tmp_path):
          "-m", "medclf.cli", "train", str(data), "--out", str(out), "--no-progress",
          "--set", "trainer.strategy=ddp", "--set", "trainer.num_nodes=2", "--set", "trainer.devices=1",
          "--set", "trainer.accelerator=cpu", "--set", "train.max_epochs=1", "--set", "train.lr=1e-3",
+         "--set", "train.folds=0",  # one model (an ensemble run trains with DDP in test_folds.py)
          "--set", "data.image_size=[32,32]", "--set", "model.filters=[8,16]",
          "--set", f"train.batch_size={batch_size}", "--set", "data.storage=disk",
          "--set", f"data.cache_dir={cache}", "--set", "eval.bootstrap=0", "--set", "explain.gallery_size=0"],

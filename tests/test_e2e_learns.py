@@ -5,18 +5,12 @@ test split that it never saw.
 
 Subset: ``N_TRAIN`` images per class from ``train/`` (medclf carves its 15 % validation
 split out of them) and ``N_TEST`` per class from the official ``test/`` split, picked evenly
-over the sorted file names, as symlinks in tmp_path; 64x64 pixels, 30 epochs.
+over the sorted file names, as symlinks in tmp_path; 64x64 pixels. With 150 images per class
+the plan trains the k-fold ensemble (5 fold models, 12 epochs each here, about 50 s).
 
-Measured (2 shared CPU cores, this configuration; test ROC AUC / accuracy, each run 15-25 s
-plus ~5 s of imports):
-    seed 0: 0.948 / 0.890    seed 1: 0.947 / 0.760    seed 2: 0.952 / 0.790
-    seed 3: 0.946 / 0.750    seed 4: 0.947 / 0.840
-The AUC is stable; the accuracy (argmax, threshold 0.5) is not, because this test split
-differs from the training split (its NORMAL images are often called PNEUMONIA: the
-operating point chosen on validation is reported beside, not asserted). Hence the margins:
-AUC >= 0.85 and accuracy >= 0.70 (70 of 100 balanced test images; chance gives that with
-probability ~4e-5). With 40-60 training and 30 test images per class (64 px, 12-30 epochs)
-the accuracy ranged 0.53-0.85 over seeds 0-2 (AUC 0.84-0.93): too unstable to assert.
+The margins: AUC >= 0.85 and accuracy >= 0.70 (70 of 100 balanced test images; chance gives
+that with probability ~4e-5). This test split differs from the training split (its NORMAL
+images are often called PNEUMONIA), so the accuracy varies more than the AUC.
 """
 from __future__ import annotations
 
@@ -27,7 +21,7 @@ from conftest import SHARED_DATA, require_data
 
 PNEUMONIA = SHARED_DATA / "chest-xray-pneumonia"
 N_TRAIN, N_TEST = 150, 50
-OVERRIDES = ["data.image_size=[64,64]", "train.max_epochs=30", "train.batch_size=16", "augment.batched=true",
+OVERRIDES = ["data.image_size=[64,64]", "train.max_epochs=12", "train.batch_size=16", "augment.batched=true",
              "trainer.accelerator=cpu", "eval.bootstrap=0", "explain.gallery_size=0"]
 MIN_ROC_AUC, MIN_ACCURACY = 0.85, 0.70
 

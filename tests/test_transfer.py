@@ -84,7 +84,7 @@ def test_init_from_run_freezes_backbone_records_source_and_flags_leaks(source, t
     data, exact, near = target_dataset(tmp_path / "target", source)
     caplog.set_level("WARNING", logger="medclf")
     result = medclf.train(data, out=tmp_path / "runs", name="tuned", progress=False, init_from=source,
-                          overrides=["train.max_epochs=2", "train.freeze_epochs=2", "train.batch_size=8",
+                          overrides=["train.max_epochs=2", "train.freeze_epochs=2", "train.batch_size=8", "train.folds=0",
                                      "data.image_size=[32,32]", "train.backbone_lr_scale=0.3",
                                      "eval.drop_duplicates=true", "augment.enabled=false"])
     run = result.run_dir

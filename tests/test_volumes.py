@@ -260,7 +260,7 @@ def test_binary_npz_volumes_plan_max_shrink_and_maxpool_network(tmp_path):
 
 
 def test_plans_for_large_2d_small_2d_and_3d():
-    counts = {"train": {"a": 300, "b": 100}}
+    counts = {"train": {"a": 3000, "b": 1000}}  # above the k-fold protocol's size (test_folds.py)
     large = plan_config({"spatial_dims": 2, "median_size": [1500, 1600], "counts": counts, "readers": {"image": 400}})
     assert large["data"]["image_size"] == [224, 224] and large["model"]["spatial_dims"] == 2
     assert large["augment"]["batched"] is False and large["preprocess"]["normalization"] == "percentile"

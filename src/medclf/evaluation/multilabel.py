@@ -76,8 +76,9 @@ def multilabel_metrics(labels, probabilities, class_names: list[str], eval_cfg, 
         probabilities: float ``(N, K)`` per-finding probabilities.
         class_names: the ``K`` finding names.
         eval_cfg: the ``eval`` config section (bootstrap, threshold, calibration bins).
-        val_labels, val_probabilities: ``(M, K)`` validation labels/probabilities choosing
-            the per-finding thresholds (0.5 without them).
+        val_labels: ``(M, K)`` validation labels choosing the per-finding thresholds (0.5
+            without them).
+        val_probabilities: ``(M, K)`` validation probabilities, with ``val_labels``.
         train_prevalence: ``(K,)`` training positive fraction per finding: the baseline
             that predicts it for every image (its AP is the test prevalence, its AUC 0.5).
 

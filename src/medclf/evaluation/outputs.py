@@ -48,8 +48,9 @@ def evaluate_task(model: torch.nn.Module, out: str | Path, class_names: list[str
 
     Args:
         model: the network, its outputs finalised (target scale folded in), in eval mode.
-        test, val: :class:`~medclf.evaluation.checkpoint.EvaluationSplit` (labels: ``(N, K)``
-            0/1 findings, or ``(N,)`` targets); ``val`` may be None.
+        test: :class:`~medclf.evaluation.checkpoint.EvaluationSplit` (labels: ``(N, K)`` 0/1
+            findings, or ``(N,)`` targets).
+        val: the validation split alike, or None.
         facts: the run's task facts (``task``, ``train_prevalence`` or ``target_mean``).
 
     Returns:

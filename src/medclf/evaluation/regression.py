@@ -69,10 +69,12 @@ def regression_metrics(y_true, y_pred, eval_cfg, seed: int = 0, train_mean: floa
     """Metrics of predictions ``(N,)`` against the truth ``(N,)``, in target units.
 
     Args:
-        y_true, y_pred: float ``(N,)``.
+        y_true: float ``(N,)`` true targets.
+        y_pred: float ``(N,)`` predictions.
         eval_cfg: the ``eval`` config section (bootstrap resamples and method).
         train_mean: the training target mean: the baseline that predicts it for every image.
-        val_true, val_pred: validation truth/predictions ``(M,)`` for the prediction interval.
+        val_true: validation truth ``(M,)`` for the prediction interval.
+        val_pred: validation predictions ``(M,)``, with ``val_true``.
         name: the target's name (the CSV column).
 
     Returns:
