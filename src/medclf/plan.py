@@ -276,7 +276,7 @@ class Planner:
     holds under 4 images of a class, too few to stratify once patients and copies are grouped."""
     FOLDS_IMAGE_SIDE = 160
     """2D, k-fold protocol: largest planned side, pixels (k models share the time of one)."""
-    BUDGET_FOLDS_S = 100.0
+    BUDGET_FOLDS_S = 175.0
     """k-fold protocol: ``train.time_budget_s``, seconds of training for all folds together."""
     BUDGET_2D_S = 900.0
     """2D, one model: ``train.time_budget_s``, seconds of training."""
@@ -433,8 +433,10 @@ class Planner:
         capped at :attr:`FOLDS_IMAGE_SIDE`, early stopping off (every fold trains the
         planned epochs and keeps its last weights: a checkpoint picked on a few dozen images
         is luck, and picking it on the fold would bias the out-of-fold figures), and
-        ``train.time_budget_s`` = :attr:`BUDGET_FOLDS_S`, and test-time augmentation by the
-        left-right flip (``eval.tta``, no shifts), which the out-of-fold predictions use too.
+        ``train.time_budget_s`` = :attr:`BUDGET_FOLDS_S`, test-time augmentation by the
+        left-right flip (``eval.tta``, no shifts), which the out-of-fold predictions use too,
+        and batched augmentation (the same transforms on whole batches: per-image MONAI
+        transforms cost more than the network at this size).
         Larger sets train one model within
         :attr:`BUDGET_2D_S`. :func:`plan_run` turns the budget into ``train.max_epochs``
         (:func:`medclf.training.budget.epochs_for_budget`).
@@ -456,6 +458,7 @@ class Planner:
             cfg.train.time_budget_s = self.BUDGET_FOLDS_S
             cfg.eval.tta = True  # left-right flips only: cheap at this size, and paid at prediction time
             cfg.eval.tta_shift = 0.0
+            cfg.augment.batched = True  # k models to train: per-image transforms would cost more than the network
         else:
             cfg.train.time_budget_s = self.BUDGET_2D_S
 

@@ -16,10 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..models import create_model
 
-SECONDS_PER_GFLOP = 0.02
-"""Seconds of training per GFLOP (forward + backward) on a 2-core CPU: measured with the default
-``small_cnn`` at 128 and 224 pixels a side (batch 32, AdamW), rounded up to cover the
-evaluation passes of each epoch."""
+SECONDS_PER_GFLOP = 0.035
+"""Seconds of training per GFLOP (forward + backward) on a 2-core CPU: whole epochs of the
+default ``small_cnn`` with batched augmentation, validation and checkpoints (Lightning), which
+cost about twice the bare forward/backward step."""
 
 
 def training_gflop(config) -> float:
