@@ -32,12 +32,7 @@ def read_manifest_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
             file does not exist (all listed with their row numbers).
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"manifest not found: {csv_path}")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV file ({err})") from None
+    frame = read_cells(csv_path, "manifest")
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
@@ -105,3 +100,17 @@ def split_manifest(frame: pd.DataFrame, val_fraction: float, test_fraction: floa
         frame = carve_groups(frame, "val", fraction, seed) if grouped else \
             carve(frame, "train", "val", fraction, seed)
     return frame
+
+
+def read_cells(csv_path: Path, what: str) -> pd.DataFrame:
+    """Every cell of a CSV file as a string (empty cells stay ``""``, never NaN).
+
+    Raises:
+        DataError: the file is missing (``"<what> not found"``) or is not a readable CSV.
+    """
+    if not csv_path.is_file():
+        raise DataError(f"{what} not found: {csv_path}")
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV file ({err})") from None

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import DataError
-from .csv import _file_of, split_manifest
+from .csv import _file_of, read_cells, split_manifest
 from .manifest import SPLIT_ALIASES, Manifest, ordered
 
 log = logging.getLogger("medclf")
@@ -105,12 +105,7 @@ def read_table(csv_path: str | os.PathLike, data_config, seed: int = 42) -> Mani
             splits), or a finding without positive or without negative training images.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"CSV not found: {csv_path}")
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV file ({err})") from None
+    raw = read_cells(csv_path, "CSV")
     if raw.empty:
         raise DataError(f"{csv_path}: the CSV has no rows")
     wanted = {"data.path_column": data_config.path_column or "path"}
