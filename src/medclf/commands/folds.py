@@ -83,15 +83,16 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     pooled = pool_frame(manifest.frame)
     k = cfg.train.folds
     log.warning("%d-fold ensemble: %s images per fold", k, np.bincount(folds, minlength=k).tolist())
-    rank0 = True
+    rank0 = launch_rank() == 0
     for fold in range(k):
         held = folds == fold
         done = rundir.fold_dir(run_dir, fold) / rundir.FOLD_DONE
         if done.is_file():
             continue
-        rank0 = _fit_fold(run_dir, cfg, manifest, fold, (_take(images, ~held), labels[~held]),
-                          EvaluationSplit(_take(images, held), labels[held], pooled[held]), splits["test"],
-                          progress, callbacks)
+        if not _fit_fold(run_dir, cfg, manifest, fold, (_take(images, ~held), labels[~held]),
+                         EvaluationSplit(_take(images, held), labels[held], pooled[held]), splits["test"],
+                         progress, callbacks):
+            rank0 = False  # a DDP process other than rank 0: rank 0 writes and evaluates
     if not rank0:
         return {}, False
     out_of_fold = _gather_out_of_fold(run_dir, pooled, manifest.class_names, k)
