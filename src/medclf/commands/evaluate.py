@@ -13,8 +13,7 @@ from ..data.prepare import prepare_images
 from ..data.sources import Manifest, discover_labelled, discover_source
 from ..errors import DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
-from ..evaluation.metrics import summary_lines
-from ..evaluation.outputs import evaluate_task
+from ..evaluation.outputs import evaluate_task, summary_lines
 from ..evaluation.predict import load_model, pick_device
 from ..inspect import leaked_paths
 from ..training.tasks import task_of

@@ -22,8 +22,7 @@ from ..data.store import ItemsByPath
 from ..diagnostics import write_architecture
 from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
-from ..evaluation.metrics import summary_lines
-from ..evaluation.outputs import evaluate_task
+from ..evaluation.outputs import evaluate_task, summary_lines
 from ..evaluation.predict import pick_device, training_counts
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml

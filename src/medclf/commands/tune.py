@@ -33,7 +33,7 @@ from typing import Any
 from .. import rundir
 from ..config import deep_merge, user_settings, validate
 from ..errors import ConfigError, MedclfError, TrainingDivergedError
-from ..evaluation.metrics import summary_lines
+from ..evaluation.outputs import summary_lines
 from ..io import write_csv, write_json, write_yaml
 from ..plan import plan_run
 from ..search.pruning import OptunaPruning

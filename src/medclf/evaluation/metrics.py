@@ -82,14 +82,8 @@ def classification_metrics(y_true, probabilities, class_names: list[str], y_pred
 
 
 def summary_lines(metrics: dict, class_names: list[str]) -> list[str]:
-    """A short human-readable summary of :func:`classification_metrics` output (multilabel
-    and regression metrics: the summaries of :mod:`.multilabel` and :mod:`.regression`)."""
-    if metrics.get("task") == "multilabel":
-        from .multilabel import summary_lines as multilabel_lines
-        return multilabel_lines(metrics)
-    if metrics.get("task") == "regression":
-        from .regression import summary_lines as regression_lines
-        return regression_lines(metrics)
+    """A short human-readable summary of :func:`classification_metrics` output (any task:
+    :func:`medclf.evaluation.outputs.summary_lines`)."""
     def ci(key):
         low_high = metrics.get(f"{key}_ci")
         return f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""

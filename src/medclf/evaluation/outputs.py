@@ -12,8 +12,9 @@ import torch
 from .. import rundir
 from ..training.safety import advise_on_out_of_memory
 from ..training.tasks import MULTILABEL, REGRESSION, activate, task_of
-from . import plots
+from . import multilabel, plots, regression
 from .clinical import tta_views
+from .metrics import summary_lines as classification_summary
 from .multilabel import write_multilabel_evaluation
 from .predict import load_model, pick_device, tta_flip_axes
 from .regression import write_regression_evaluation
@@ -143,3 +144,13 @@ def _stored_metrics(run) -> dict:
     """The run's ``test_metrics.json`` ({} before its evaluation)."""
     path = run.path / rundir.TEST_METRICS
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def summary_lines(metrics: dict, class_names: list[str]) -> list[str]:
+    """A short human-readable summary of a run's test metrics, for its task: the summaries
+    of :mod:`.multilabel`, :mod:`.regression` or :func:`.metrics.summary_lines`."""
+    if metrics.get("task") == MULTILABEL:
+        return multilabel.summary_lines(metrics)
+    if metrics.get("task") == REGRESSION:
+        return regression.summary_lines(metrics)
+    return classification_summary(metrics, class_names)
