@@ -61,3 +61,27 @@ def test_training_auc_is_torchmetrics_as_metrics_csv_always_recorded_it():
         expected = float(MulticlassAUROC(num_classes=k, average="macro", thresholds=None)(logits.softmax(1), labels))
         got = epoch_metrics("train", [(logits, labels, torch.tensor(1.0))], k)["train_roc_auc"]
         assert got == expected
+
+
+def test_rank_auc_equals_scikit_learn_with_ties_binary_and_multiclass():
+    # the numpy path (Mann-Whitney ranks) must give scikit-learn's roc_auc_score, ties included
+    from medclf.training.metrics import roc_auc
+    rng = np.random.default_rng(7)
+    checked = 0
+    for k in (2, 3, 5):
+        for _ in range(60):
+            n = int(rng.integers(k + 1, 80))
+            y = rng.integers(0, k, n)
+            if len(np.unique(y)) < k:
+                continue
+            p = rng.dirichlet(np.ones(k), n)
+            if k == 2:
+                p[:, 1] = p[:, 1].round(1)  # many tied scores
+                p[:, 0] = 1 - p[:, 1]
+                expected = roc_auc_score(y, p[:, 1])
+            else:
+                p = p[rng.integers(0, n, n)]  # repeated rows: tied scores in every column
+                expected = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(k)))
+            assert roc_auc(y, p) == pytest.approx(expected, abs=1e-12)
+            checked += 1
+    assert checked > 100

@@ -276,7 +276,7 @@ class Planner:
     holds under 4 images of a class, too few to stratify once patients and copies are grouped."""
     FOLDS_IMAGE_SIDE = 160
     """2D, k-fold protocol: largest planned side, pixels (k models share the time of one)."""
-    BUDGET_FOLDS_S = 175.0
+    BUDGET_FOLDS_S = 110.0
     """k-fold protocol: ``train.time_budget_s``, seconds of training for all folds together."""
     BUDGET_2D_S = 900.0
     """2D, one model: ``train.time_budget_s``, seconds of training."""

@@ -106,8 +106,11 @@ def write_validation_metrics(out: Path, labels: np.ndarray, probabilities: np.nd
         labels: int ``(N,)`` class indices; probabilities: float ``(N, num_classes)``.
     """
     found = classification_metrics(np.asarray(labels), probabilities, class_names)
+    # float64 rows that sum to 1 (float32 ensemble or TTA means drift from 1 by rounding)
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1)
+    clipped /= clipped.sum(axis=1, keepdims=True)
     record = {"kind": kind, "n": int(len(labels)),
               **{key: found[key] for key in ("accuracy", "balanced_accuracy", "roc_auc")},
-              "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1), labels=range(len(class_names))))}
+              "loss": float(log_loss(labels, clipped, labels=range(len(class_names))))}
     write_json(out / rundir.VALIDATION_METRICS, record)
     return record

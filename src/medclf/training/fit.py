@@ -122,6 +122,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, splits: dict, cfg, run_di
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")  # Lightning 2.6 on torch 2.13, every epoch
         try:
             with advise_on_out_of_memory(cfg, "training"):
                 trainer.fit(module, datamodule=ImageDataModule(splits, cfg), ckpt_path=ckpt_path)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 from torchmetrics.classification import MulticlassAUROC
 
 
@@ -22,8 +22,13 @@ def roc_auc(y_true, probabilities) -> float:
 
     Two implementations compute the same quantity, chosen by the input type:
 
-    * numpy arrays (or lists): scikit-learn's ``roc_auc_score`` in float64 (binary: the
-      score of class 1; several classes: ``multi_class='ovr', average='macro'``);
+    * numpy arrays (or lists): the Mann-Whitney U statistic in float64, from SciPy's
+      ``rankdata`` (average ranks for ties): ``AUC_c = (R_c - n_c (n_c + 1) / 2) / (n_c m_c)``
+      with ``R_c`` the rank sum of class ``c``'s ``n_c`` rows in column ``c`` and ``m_c`` the
+      other rows (Hanley & McNeil 1982). It equals scikit-learn's ``roc_auc_score`` (binary:
+      the score of class 1; several classes: ``multi_class='ovr', average='macro'``; tested)
+      at a fraction of its per-call cost, which the 1,000 resamples of a bootstrap interval
+      pay;
     * torch tensors (the per-epoch training metrics): torchmetrics' ``MulticlassAUROC``
       (exact, ``thresholds=None``; macro over the ``K`` one-vs-rest AUCs, which for two
       classes is the binary AUC), computed in float32 on the CPU as ``metrics.csv`` has
@@ -53,6 +58,12 @@ def roc_auc(y_true, probabilities) -> float:
     k = probabilities.shape[1]
     if k < 2 or len(np.unique(y_true)) < k:
         return math.nan
-    if k == 2:
-        return float(roc_auc_score(y_true, probabilities[:, 1]))
-    return float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro", labels=list(range(k))))
+    columns = [1] if k == 2 else range(k)
+    ranks = rankdata(probabilities[:, list(columns)], axis=0)
+    aucs = []
+    for j, c in enumerate(columns):
+        positive = y_true == c
+        n_pos = int(positive.sum())
+        n_neg = len(y_true) - n_pos
+        aucs.append((ranks[positive, j].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs))

@@ -42,7 +42,15 @@ class Classifier(L.LightningModule):
                              else torch.as_tensor(class_weights, dtype=torch.float32))
         self._outputs = {"train": [], "val": []}
 
+    def on_fit_start(self) -> None:
+        # 2D convolutions run faster on channels-last tensors (oneDNN on CPUs, tensor cores on
+        # GPUs; PyTorch's "channels last" memory format); the values are unchanged
+        if not any(p.dim() == 5 for p in self.model.parameters()):  # 3D networks keep their layout
+            self.model.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _loss(self, logits, labels):
