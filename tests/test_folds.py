@@ -116,16 +116,26 @@ def _medclf(*args, fault=None):
                           text=True, timeout=600)
 
 
-def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL in fold 1 (epoch 1, batch 1; fold 0 has finished), resume: the out-of-fold
-    and test figures equal an uninterrupted run's; the run predicts with the ensemble."""
+@pytest.mark.parametrize("workers", ["1", "0"], ids=["folds-in-turn", "fold-processes"])
+def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp_path, workers):
+    """SIGKILL in fold 0 (epoch 1, batch 1), resume: the out-of-fold and test figures equal an
+    uninterrupted run's; the run predicts with the ensemble. With ``train.fold_workers=1`` the
+    run itself is killed; with parallel fold processes (auto, on a CPU with 2+ cores) the
+    fold processes are, and the run stops with a clear error that says how to resume."""
     data = make_dataset(tmp_path / "data", per_class=(12, 12))
     runs = tmp_path / "runs"
-    full = _medclf("train", str(data), "--out", str(runs), "--name", "full", *ARGS)
+    args = [*ARGS, "--set", f"train.fold_workers={workers}"]
+    full = _medclf("train", str(data), "--out", str(runs), "--name", "full", *args)
     assert full.returncode == 0, full.stderr[-3000:]
+    parallel = workers == "0" and len(os.sched_getaffinity(0)) >= 2
+    assert ("folds in 2 processes at a time" in full.stderr) == parallel
     # batch=1:1 fires in the first fold that reaches epoch 1 batch 1 (fold 0): kill it there
-    killed = _medclf("train", str(data), "--out", str(runs), "--name", "killed", *ARGS, fault="batch=1:1")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    killed = _medclf("train", str(data), "--out", str(runs), "--name", "killed", *args, fault="batch=1:1")
+    if parallel:
+        assert killed.returncode == 2 and "a fold process died" in killed.stderr, killed.stderr[-2000:]
+        assert "medclf train --resume" in killed.stderr
+    else:
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run = runs / "killed"
     assert (run / "folds" / "fold_0" / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "folds" / "fold_0" / "fold_predictions.csv").exists()

@@ -3,13 +3,19 @@ the pooled training and validation images, their out-of-fold predictions, and th
 evaluation of their ensemble (nnU-Net's 5-fold cross-validation, Isensee et al. 2021).
 
 A fold whose ``fold_predictions.csv`` exists has finished and is skipped on resume; a fold
-killed mid-training continues from its own ``checkpoints/last.ckpt``.
+killed mid-training continues from its own ``checkpoints/last.ckpt``. On a CPU the folds train
+in parallel processes (``train.fold_workers``, :func:`fold_workers`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +28,7 @@ from ..checkpoints import read_run_checkpoint
 from ..config import Config
 from ..data.folds import assign_folds, duplicate_pairs
 from ..data.store import DiskImages
+from ..errors import MedclfError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model, write_validation_metrics
 from ..evaluation.predict import load_model, pick_device, predict_probabilities, predict_tta
 from ..inspect import leaked_paths
@@ -84,15 +91,31 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     k = cfg.train.folds
     log.warning("%d-fold ensemble: %s images per fold", k, np.bincount(folds, minlength=k).tolist())
     rank0 = launch_rank() == 0
-    for fold in range(k):
+    pending = [f for f in range(k) if not (rundir.fold_dir(run_dir, f) / rundir.FOLD_DONE).is_file()]
+
+    def arguments(fold):
         held = folds == fold
-        done = rundir.fold_dir(run_dir, fold) / rundir.FOLD_DONE
-        if done.is_file():
-            continue
-        if not _fit_fold(run_dir, cfg, manifest, fold, (_take(images, ~held), labels[~held]),
-                         EvaluationSplit(_take(images, held), labels[held], pooled[held]), splits["test"],
-                         progress, callbacks):
-            rank0 = False  # a DDP process other than rank 0: rank 0 writes and evaluates
+        return (run_dir, cfg, manifest, fold, (_take(images, ~held), labels[~held]),
+                EvaluationSplit(_take(images, held), labels[held], pooled[held]), splits["test"])
+
+    threads = fold_threads(cfg, callbacks)
+    if threads is None or len(pending) == 1:
+        for fold in pending:
+            with _torch_threads(threads[fold] if threads else None):
+                if not _fit_fold(*arguments(fold), progress, callbacks):
+                    rank0 = False  # a DDP process other than rank 0: rank 0 writes and evaluates
+    else:
+        workers = min(cfg.train.fold_workers or _cores(), len(pending))
+        log.warning("training %d folds in %d processes at a time", len(pending), workers)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                                     initargs=(logging.getLogger().level,)) as pool:
+                for finished in [pool.submit(_fit_fold_with_threads, threads[fold], *arguments(fold))
+                                 for fold in pending]:
+                    finished.result()  # re-raises a fold's error here
+        except BrokenProcessPool as error:
+            raise MedclfError(f"a fold process died ({error}): killed, or out of memory. Every finished fold "
+                              f"is kept; continue with: medclf train --resume {run_dir}") from None
     if not rank0:
         return {}, False
     out_of_fold = _gather_out_of_fold(run_dir, pooled, manifest.class_names, k)
@@ -115,6 +138,69 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
                              f"{rundir.FOLDS_DIR}/fold_*/{rundir.LAST}", extra, leaks,
                              pick_device(cfg.trainer.accelerator), out_of_fold=out_of_fold)
     return metrics, True
+
+
+def _cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def fold_threads(cfg: Config, callbacks: list | None = None) -> list[int] | None:
+    """Threads of each fold's process when the folds train in parallel processes, else None.
+
+    ``min(train.fold_workers or cores, k)`` processes train at a time, each fold on
+    ``cores // processes`` threads; when ``k`` leaves one fold to train alone at the end,
+    that fold gets every core. The count depends on the configuration and the machine only,
+    not on which folds a resumed run has left, so a resumed fold computes as it would have.
+    None (folds one after the other in this process, on PyTorch's threads): one process, a
+    GPU, a DDP run (``trainer.devices``/``num_nodes`` above 1, or a launcher's rank
+    variables), or ``callbacks`` (tune's pruning callback reports from this process).
+    """
+    k = cfg.train.folds
+    distributed = (launch_rank() != 0 or "WORLD_SIZE" in os.environ or cfg.trainer.num_nodes > 1
+                   or str(cfg.trainer.devices) not in ("1", "auto") or "ddp" in str(cfg.trainer.strategy))
+    if callbacks or distributed or pick_device(cfg.trainer.accelerator).type != "cpu":
+        return None
+    cores = _cores()
+    workers = min(cfg.train.fold_workers or cores, k)
+    if workers < 2:
+        return None
+    threads = [max(1, cores // workers)] * k
+    if k % workers == 1:
+        threads[-1] = cores
+    return threads
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """PyTorch's intra-op threads set to ``threads`` for the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start_worker(level: int) -> None:
+    """Initialise a fold process: the parent's log format and quiet Lightning, and (Linux)
+    death with the parent, so that a killed run leaves no fold still writing its checkpoints."""
+    logging.basicConfig(level=level, format="medclf: %(levelname)s: %(message)s")
+    for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed run's folds finish on their own
+        pass
+
+
+def _fit_fold_with_threads(threads: int, *arguments) -> bool:
+    """:func:`_fit_fold` in a fold process, on ``threads`` threads, without a progress bar."""
+    torch.set_num_threads(threads)
+    return _fit_fold(*arguments, False, None)
 
 
 def _pool_images(train, val):
