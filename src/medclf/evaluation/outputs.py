@@ -27,7 +27,10 @@ def predict_outputs(model: torch.nn.Module, images: torch.Tensor, task: str, bat
     (classification), per-finding sigmoid probabilities (multilabel), or values ``(N, 1)``
     in target units (regression)."""
     device = device or pick_device()
-    model = model.to(device).eval()
+    if next(model.parameters()).device != device:  # a service calls this per request: move once
+        model = model.to(device)
+    if model.training:
+        model.eval()
     chunks = [activate(model(images[i:i + batch_size].to(device)).float(), task).cpu()
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))

@@ -206,15 +206,18 @@ class RunStore:
         })
 
     def model(self, name: str) -> LoadedRun:
-        """The run with its model loaded (once, then cached)."""
+        """The run with its model loaded (once, then cached; reloaded when its checkpoint changes)."""
         path = self.path(name)
+        with self._lock:
+            cached = self._models.get(name)
+        if cached is not None and cached.run.path == path and _stamp(Path(cached.stamp[0])) == cached.stamp:
+            return cached  # per request: one stat, no configuration read
         run = self.load(name)
         try:  # an ensemble run: its last fold's weights stand for the whole (they are written last)
             checkpoint = run.fold_checkpoints()[-1] if run.is_ensemble else run.checkpoint
         except RunDirError as err:
             raise RunNotFound(str(err)) from None
-        stat = checkpoint.stat()
-        stamp = (str(checkpoint), stat.st_mtime_ns, stat.st_size)
+        stamp = _stamp(checkpoint)
         with self._lock:
             loaded = self._models.get(name)
             if loaded is None or loaded.stamp != stamp or loaded.run.path != path:
@@ -280,3 +283,12 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _stamp(checkpoint: Path) -> tuple | None:
+    """``(path, mtime_ns, size)`` of a checkpoint, None when it cannot be read."""
+    try:
+        stat = checkpoint.stat()
+    except OSError:
+        return None
+    return str(checkpoint), stat.st_mtime_ns, stat.st_size
