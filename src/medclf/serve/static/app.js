@@ -179,6 +179,8 @@ async function route() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [page, ...rest] = hash.split("/");
   const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  // the previous page goes at once: its controls (e.g. another run's drop zone) must not stay usable while this one loads
+  show(el("p", { class: "muted", id: "loading", text: "loading…" }));
   try {
     if (page === "run" && arg) await runPage(arg);
     else if (page === "predict") await predictPage(arg);
