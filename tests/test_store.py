@@ -131,10 +131,12 @@ def test_disk_images_pickles_without_pixels(tmp_path):
     assert torch.equal(view[torch.tensor([2, 0])][1], first)
 
 
-def test_training_from_disk_gives_the_metrics_of_memory(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("tta", ["false", "true"])
+def test_training_from_disk_gives_the_metrics_of_memory(tiny_dataset, tmp_path, tta):
+    # with test-time augmentation too: its views are built from the disk shard chunk by chunk
     from medclf.commands.train import train
     common = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
-              f"data.cache_dir={tmp_path / 'cache'}", "data.storage_dtype=float32"]
+              f"data.cache_dir={tmp_path / 'cache'}", "data.storage_dtype=float32", f"eval.tta={tta}"]
     metrics = {}
     for storage in ("memory", "disk"):
         result = train(tiny_dataset, out=tmp_path / "runs", name=storage, progress=False,
@@ -145,4 +147,7 @@ def test_training_from_disk_gives_the_metrics_of_memory(tiny_dataset, tmp_path):
     assert list((tmp_path / "cache" / "shards").iterdir())  # the disk run used a shard
     for key in ("roc_auc", "balanced_accuracy", "accuracy"):
         assert metrics["disk"][key] == metrics["memory"][key], key
+    assert ("tta" in metrics["disk"]) == (tta == "true")
+    if tta == "true":
+        assert metrics["disk"]["tta"] == metrics["memory"]["tta"]
     pd.testing.assert_frame_equal(metrics["disk_rows"], metrics["memory_rows"])  # every epoch's loss and validation metrics
