@@ -148,6 +148,8 @@ def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp
         for key in ("accuracy", "balanced_accuracy", "roc_auc"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (name, key)
     assert json.loads((run / "validation_metrics.json").read_text())["kind"] == "out_of_fold"
+    recorded = json.loads((run / "test_metrics.json").read_text())
+    assert (recorded["checkpoint_epoch"], recorded["epochs_run"]) == (2, 3)  # read from the fold checkpoints
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert len(oof) == 24 and sorted(oof.fold.unique()) == [0, 1, 2]
     split = pd.read_csv(run / "split.csv")

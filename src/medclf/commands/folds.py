@@ -131,7 +131,10 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     inspection = json.loads(inspection_path.read_text(encoding="utf-8")) if inspection_path.is_file() else None
     # every pooled image trained some member: a test copy of a validation image leaks too
     leaks = {"val": set(), "test": leaked_paths(inspection, "test", ("train", "val")) if inspection else set()}
-    extra = {"checkpoint_epoch": cfg.train.max_epochs - 1, "epochs_run": cfg.train.max_epochs, "folds": k,
+    # the fold models' last epochs (early stopping, when a user turns it on, ends folds early)
+    last_epoch = max(int(read_run_checkpoint(rundir.fold_dir(run_dir, f) / rundir.LAST).get("epoch", -1))
+                     for f in range(k))
+    extra = {"checkpoint_epoch": last_epoch, "epochs_run": last_epoch + 1, "folds": k,
              "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
              "train_time_s": round(time.perf_counter() - started, 1)}
     metrics = evaluate_model(ensemble, run_dir, manifest.class_names, test, pooled_split, cfg,
