@@ -211,6 +211,21 @@ def fit_temperature(y_true, probabilities) -> float:
     return float(math.exp(result.x))
 
 
+TTA_CHUNK_BYTES = 64 << 20
+"""Float32 images whose test-time views are built at once (64 volumes of 64^3)."""
+
+
+def tta_chunks(images, max_bytes: int = TTA_CHUNK_BYTES):
+    """``(start, chunk)`` over images ``(N, C, *spatial)`` (a tensor or a view of the disk
+    shard, :class:`~medclf.data.store.DiskImages`), each chunk a tensor of at most ``max_bytes``
+    of float32 images (at least one image; one empty chunk for ``N = 0``), so that the views
+    of :func:`tta_views` need memory that does not grow with ``N``."""
+    step = max(1, max_bytes // (4 * int(np.prod(images.shape[1:]))))
+    for start in range(0, max(len(images), 1), step):
+        chunk = images[start:start + step]  # a disk view reads just these rows
+        yield start, chunk if torch.is_tensor(chunk) else torch.as_tensor(chunk)
+
+
 def tta_views(images: torch.Tensor, flip, shift: float) -> list[torch.Tensor]:
     """Deterministic test-time views of images ``(N, C, H, W)`` or volumes ``(N, C, D, H, W)``.
 

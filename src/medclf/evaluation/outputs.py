@@ -13,7 +13,7 @@ from .. import rundir
 from ..training.safety import advise_on_out_of_memory
 from ..training.tasks import MULTILABEL, REGRESSION, activate, task_of
 from . import multilabel, plots, regression
-from .clinical import tta_views
+from .clinical import tta_chunks, tta_views
 from .metrics import summary_lines as classification_summary
 from .multilabel import write_multilabel_evaluation
 from .predict import load_model, pick_device, tta_flip_axes
@@ -36,22 +36,14 @@ def predict_outputs(model: torch.nn.Module, images: torch.Tensor, task: str, bat
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
 
 
-_VIEWS_CHUNK_BYTES = 64 << 20  # float32 images whose views are built at once
-
-
 def predict_views(model: torch.nn.Module, images: torch.Tensor, config, task: str,
                   device: torch.device | None = None) -> np.ndarray:
     """Predictions of every test-time view ``(V, N, K)`` (flips the training augmentation
     used, and shifts: :func:`~medclf.evaluation.clinical.tta_views`; the first view is the
     image itself). Their mean is the TTA prediction, their spread an uncertainty."""
-    chunk = max(1, _VIEWS_CHUNK_BYTES // (4 * int(np.prod(images.shape[1:]))))
-    if len(images) > chunk:  # memory does not grow with N (disk-streamed images)
-        return np.concatenate([predict_views(model, images[i:i + chunk], config, task, device)
-                               for i in range(0, len(images), chunk)], axis=1)
-    if not torch.is_tensor(images):  # a view of the disk shard: read this chunk
-        images = images[:]
-    views = tta_views(images, tta_flip_axes(config), config.eval.tta_shift)
-    return np.stack([predict_outputs(model, v, task, config.eval.batch_size, device) for v in views])
+    return np.concatenate([np.stack([predict_outputs(model, v, task, config.eval.batch_size, device)
+                                     for v in tta_views(chunk, tta_flip_axes(config), config.eval.tta_shift)])
+                           for _, chunk in tta_chunks(images)], axis=1)
 
 
 def evaluate_task(model: torch.nn.Module, out: str | Path, class_names: list[str], test, val, config,

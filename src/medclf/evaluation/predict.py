@@ -13,7 +13,7 @@ from ..errors import ConfigError, RunDirError
 from ..models import create_model
 from ..models.ensemble import Ensemble
 from ..training.tasks import finalize_outputs, task_of
-from .clinical import tta_views
+from .clinical import tta_chunks, tta_views
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -50,9 +50,6 @@ def tta_flip_axes(config) -> list[int]:
     return axes
 
 
-_TTA_CHUNK_BYTES = 64 << 20  # float32 images whose views are built at once (64 volumes of 64^3)
-
-
 @torch.no_grad()
 def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: torch.device | None = None,
                 one_pass: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -62,18 +59,14 @@ def predict_tta(model: torch.nn.Module, images: torch.Tensor, config, device: to
     ``one_pass``: the probabilities ``(N, num_classes)`` of the unchanged images when the
     caller has them already (the first view is then not predicted again).
     Returns ``(probabilities, number of views)``."""
-    # the views of a chunk of at most _TTA_CHUNK_BYTES of images at a time: memory does not grow with N
-    chunk = max(1, _TTA_CHUNK_BYTES // (4 * int(np.prod(images.shape[1:]))))
-    if len(images) > chunk:
-        parts = [predict_tta(model, images[i:i + chunk], config, device,
-                             None if one_pass is None else one_pass[i:i + chunk]) for i in range(0, len(images), chunk)]
-        return np.concatenate([p for p, _ in parts]), parts[0][1]
-    if not torch.is_tensor(images):  # a view of the disk shard: read this chunk
-        images = images[:]
-    views = tta_views(images, tta_flip_axes(config), config.eval.tta_shift)
-    probs = [one_pass if i == 0 and one_pass is not None
-             else predict_probabilities(model, v, config.eval.batch_size, device) for i, v in enumerate(views)]
-    return np.mean(probs, axis=0), len(views)
+    parts, count = [], 0
+    for start, chunk in tta_chunks(images):
+        views = tta_views(chunk, tta_flip_axes(config), config.eval.tta_shift)
+        count = len(views)
+        parts.append(np.mean([one_pass[start:start + len(chunk)] if i == 0 and one_pass is not None
+                              else predict_probabilities(model, v, config.eval.batch_size, device)
+                              for i, v in enumerate(views)], axis=0))
+    return np.concatenate(parts), count
 
 
 def load_model(run: rundir.Run, checkpoint: str | Path | None = None) -> torch.nn.Module:
