@@ -182,13 +182,22 @@ def train_medclf(dataset: Dataset, seed: int, overrides: list[str], out: Path) -
     for item in overrides:
         command += ["--set", item]
     command += ["--out", str(out), "--no-progress"]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=_env())
-    wall = time.perf_counter() - start
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"medclf train {dataset.name} seed {seed} failed (exit {done.returncode}):\n"
-                           f"{(done.stdout + done.stderr)[-3000:]}")
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=_env())
+        # wait4 (not Popen.wait) to get this run's own resource usage: ru_maxrss is the peak resident memory of
+        # the largest process of the run (kilobytes on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        returncode = os.waitstatus_to_exitcode(status)
+        process.returncode = returncode
+        stdout.seek(0)
+        stderr.seek(0)
+        out_text, err_text = stdout.read(), stderr.read()
+    lines = out_text.strip().splitlines()
+    if returncode != 0 or not lines:
+        raise RuntimeError(f"medclf train {dataset.name} seed {seed} failed (exit {returncode}):\n"
+                           f"{(out_text + err_text)[-3000:]}")
     run_dir = Path(lines[-1])
     test_file = run_dir / "test_metrics.json"
     if not test_file.is_file():
@@ -197,7 +206,8 @@ def train_medclf(dataset: Dataset, seed: int, overrides: list[str], out: Path) -
     validation_file = run_dir / "validation_metrics.json"
     validation = json.loads(validation_file.read_text()) if validation_file.is_file() else None
     record = {"validation": _figures(validation), "test": _figures(test),
-              "wall_s": round(wall, 1), "checkpoint_epoch": test.get("checkpoint_epoch"),
+              "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "checkpoint_epoch": test.get("checkpoint_epoch"),
               "epochs_run": test.get("epochs_run"),
               "operating_point": {k: (round(v, 4) if isinstance(v, float) else v)
                                   for k, v in (test.get("operating_point") or {}).items()
