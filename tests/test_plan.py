@@ -3,6 +3,7 @@
 import inspect
 import re
 
+import numpy as np
 import pytest
 
 import medclf.plan
@@ -123,6 +124,7 @@ DECISIONS = {
     "determine_normalization": fp3d([28, 28, 28], BALANCED, readers={"npz": 1}, dtypes={"uint8": 1}),
     "determine_tta": fp3d([28, 28, 28], BALANCED),
     "determine_image_size": fp2d([100, 120], BALANCED),
+    "determine_channels": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_protocol": fp2d([1500, 1600], {"a": 100, "b": 100}),
     "determine_small_image_network": fp2d([28, 28], BALANCED),
     "determine_small_image_augmentation": fp2d([28, 28], BALANCED),
@@ -152,6 +154,7 @@ def test_every_determine_method_is_used_by_plan(name):
     ("SMALL_FILTERS", (8, 16), fp2d([28, 28], BALANCED), ("model", "filters"), [8, 16]),
     ("IMBALANCE_RATIO", 10.0, fp2d([28, 28], {"a": 100, "b": 900}), ("train", "sampler"), "shuffle"),
     ("STRONG_IMBALANCE_RATIO", 2.0, fp2d([28, 28], {"a": 100, "b": 300}), ("train", "output_prior"), "balanced"),
+    ("COLOUR_SHARE", 0.2, fp2d([300, 300], BALANCED, colour_fraction=0.3), ("data", "in_channels"), 3),
     ("GRID_3D", 16, fp3d([64, 64, 64], BALANCED), ("data", "image_size"), [16, 16, 16]),
     ("GRID_3D_MASKS", 32, fp3d([64, 64, 64], BALANCED, binary=True), ("model", "volume_pool"), 0),
     ("MAX_BATCH_3D", 16, fp3d([32, 32, 32], {"a": 2000, "b": 2000}), ("train", "batch_size"), 16),
@@ -189,3 +192,48 @@ def test_fingerprint_probes_a_bounded_sample(monkeypatch):
     assert {p.split("/")[2] for p in probed} == {"a", "b"} and probed[-1] == paths[-1]
     assert facts["median_size"] == [300, 200] and facts["counts"]["train"] == {"a": 3000, "b": 3000}
     assert facts["formats"] == {"png": 6000}
+
+
+def _photo(path, kind, rng):
+    """A 96x96 JPEG: 'gray' (three equal channels), 'tinted' (gray with a green cast, two
+    channels equal, as some X-ray collections are stored) or 'colour' (three differing channels)."""
+    from PIL import Image
+    gray = rng.integers(0, 200, (96, 96)).astype(np.float32)
+    if kind == "gray":
+        rgb = np.stack([gray] * 3, -1)
+    elif kind == "tinted":
+        rgb = np.stack([gray, gray * 1.2 + 20, gray], -1)
+    else:
+        rgb = np.stack([gray + 50, gray * 0.6, gray * 0.2], -1)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=95)
+    return str(path)
+
+
+@pytest.mark.parametrize("kinds, fraction, in_channels", [
+    (["gray"] * 4, 0.0, 1), (["tinted"] * 4, 0.0, 1), (["colour"] * 4, 1.0, 3),
+    (["colour", "gray", "gray", "gray"], 0.25, 1), (["colour", "colour", "tinted", "gray"], 0.5, 3),
+])
+def test_colour_photographs_are_planned_rgb_and_gray_or_tinted_ones_grayscale(tmp_path, kinds, fraction, in_channels):
+    import pandas as pd
+
+    from medclf.data.sources import Manifest
+    rng = np.random.default_rng(0)
+    paths = [_photo(tmp_path / f"{i}.jpg", kind, rng) for i, kind in enumerate(kinds)]
+    frame = pd.DataFrame({"path": paths, "label": ["a", "b"] * 2, "split": "train"})
+    facts = medclf.plan.fingerprint(Manifest(frame, ["a", "b"]))
+    assert facts["colour_fraction"] == fraction
+    assert Planner({**facts, "counts": {"train": BALANCED}}).plan().data.in_channels == in_channels
+
+
+def test_channel_difference_is_in_gray_levels_and_none_without_colour(tmp_path):
+    from PIL import Image
+
+    from medclf.data.formats import channel_difference
+    rng = np.random.default_rng(1)
+    assert channel_difference(_photo(tmp_path / "g.jpg", "gray", rng)) < medclf.plan.COLOUR_LEVELS
+    assert channel_difference(_photo(tmp_path / "t.jpg", "tinted", rng)) < medclf.plan.COLOUR_LEVELS
+    assert channel_difference(_photo(tmp_path / "c.jpg", "colour", rng)) > 20.0
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "l.png")
+    assert channel_difference(str(tmp_path / "l.png")) is None  # stored in a gray mode
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert channel_difference(str(tmp_path / "bad.jpg")) is None

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import rundir
 from .config import Config, deep_merge, user_settings, validate
-from .data.formats import probe
+from .data.formats import channel_difference, probe, source_format
 from .data.sources import Manifest, discover_source
 from .errors import ConfigError, UnreadableImage
 from .io import write_json
@@ -147,10 +147,26 @@ def fingerprint(manifest: Manifest) -> dict:
             "class_names": manifest.class_names, "counts": manifest.counts(), "median_size": median,
             "shapes_differ": len(set(sizes)) > 1, "median_spacing": spacing, "modes": dict(modes),
             "formats": dict(formats), "readers": dict(readers), "dtypes": dict(dtypes),
-            "binary": bool(binary) and all(binary), **task_facts(manifest)}
+            "binary": bool(binary) and all(binary), "colour_fraction": colour_fraction(dims_of[2]),
+            **task_facts(manifest)}
 
 
 PROBE_LIMIT = 2000  # items whose headers the fingerprint reads
+COLOUR_PROBE_LIMIT = 48  # 2D images the fingerprint decodes (at 64 px) to tell colour from gray
+COLOUR_LEVELS = 2.0  # gray levels (0-255) between channels above which an image counts as colour
+
+
+def colour_fraction(paths: list[str]) -> float | None:
+    """The share of 2D images in colour among up to :data:`COLOUR_PROBE_LIMIT` of ``paths``
+    (evenly spaced): those whose :func:`~medclf.data.formats.channel_difference` exceeds
+    :data:`COLOUR_LEVELS`, over those stored in a colour mode. None when none is (all
+    grayscale modes, or no 2D image files)."""
+    differences = [channel_difference(p) for p in probe_sample(paths, COLOUR_PROBE_LIMIT)
+                   if source_format(p) == "image"]
+    stored_in_colour = [d for d in differences if d is not None]
+    if not stored_in_colour:
+        return None
+    return round(sum(d > COLOUR_LEVELS for d in stored_in_colour) / len(stored_in_colour), 4)
 
 
 def probe_sample(paths: list[str], limit: int = PROBE_LIMIT) -> list[str]:
@@ -217,6 +233,8 @@ class Planner:
 
     MAX_SIDE_2D = 224
     """2D: images are resized to at most this many pixels a side (never upsampled)."""
+    COLOUR_SHARE = 0.5
+    """2D: share of colour images (among those stored in colour) from which images are planned as RGB."""
     SMALL_IMAGE_SIDE = 96
     """2D: images with a planned side below this get the small-image network, augmentation and training."""
     SMALL_FILTERS = (16, 32, 64)
@@ -314,6 +332,7 @@ class Planner:
             self.determine_tta(cfg)
             return cfg
         self.determine_image_size(cfg)
+        self.determine_channels(cfg)
         self.determine_protocol(cfg)
         self.determine_normalization(cfg)
         self.determine_small_image_network(cfg)
@@ -423,6 +442,18 @@ class Planner:
         smallest_side = min(median) if min(median) > 0 else self.MAX_SIDE_2D
         side = min(self.MAX_SIDE_2D, smallest_side)
         cfg.data.image_size = [side, side]
+
+    def determine_channels(self, cfg: Config) -> None:
+        """``data.in_channels`` of 2D images: 3 (RGB) when at least :attr:`COLOUR_SHARE` of
+        the probed images stored in colour really are (``fp["colour_fraction"]``: colour
+        photographs such as fundus images, where a lesion is told by its colour), else the
+        default 1 (grayscale: X-rays, also those saved as RGB or under a tint).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if (self.fp.get("colour_fraction") or 0.0) >= self.COLOUR_SHARE:
+            cfg.data.in_channels = 3
 
     def determine_protocol(self, cfg: Config) -> None:
         """The small-data protocol and the time budget of 2D training.

@@ -19,11 +19,11 @@ import numpy as np
 from ...errors import UnreadableImage
 from . import dicom
 from .dicom import looks_like_dicom, probe_dicom, series_files
-from .image import probe_image, read_image
+from .image import channel_difference, probe_image, read_image
 from .nifti import is_nifti, probe_nifti, read_nifti
 from .npz import is_npz_item, item_dims, probe_item, read_item
 
-__all__ = ["UnreadableImage", "match_channels", "source_format", "content_digest", "content_hash", "load_raw", "probe",
+__all__ = ["UnreadableImage", "channel_difference", "match_channels", "source_format", "content_digest", "content_hash", "load_raw", "probe",
            "read_image"]
 
 

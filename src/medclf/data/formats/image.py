@@ -150,6 +150,39 @@ def _to_supported_mode(image: Image.Image, gray: bool) -> tuple[Image.Image, flo
     return image, 255.0
 
 
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV")
+"""Pillow modes that can hold colour; an image stored in one of them may still be gray
+(X-rays are often saved as RGB with three equal channels)."""
+
+
+def channel_difference(path: str, side: int = 64) -> float | None:
+    """How far a 2D image file is from gray: the smallest of the mean absolute differences
+    between its R, G and B channels (three pairs), in 8-bit gray levels (0-255), of the
+    image reduced to at most ``side`` x ``side`` pixels (JPEG DCT scaling, then Pillow's
+    thumbnail).
+
+    Why the smallest pair: a colour photograph (fundus, dermoscopy, histology) has three
+    channels that all differ (tens of levels); gray content saved as RGB has three equal
+    ones, and gray content under a false-colour tint (e.g. the green cast of some X-ray
+    collections) keeps two equal. Both score about 0.
+
+    Returns:
+        the difference, or None when the file's mode holds no colour (L, I, F, 1) or the
+        file cannot be decoded (the preprocessing reports bad files).
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode not in COLOUR_MODES:
+                return None
+            image.draft("RGB", (side, side))
+            image = image.convert("RGB")
+            image.thumbnail((side, side))
+            rgb = np.asarray(image, dtype=np.float32)
+    except (*PILLOW_DECODE_ERRORS, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    return min(float(np.abs(rgb[..., i] - rgb[..., j]).mean()) for i, j in ((0, 1), (1, 2), (0, 2)))
+
+
 def probe_image(path: str) -> dict:
     """Header facts of a 2D image file without decoding pixels: ``shape`` ``[H, W]``,
     ``spatial_dims`` (2), ``format`` ('image') and the Pillow ``mode``.
