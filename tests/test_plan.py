@@ -42,7 +42,8 @@ def test_larger_images_are_shrunk_never_upsampled_and_keep_the_default_network(s
     assert cfg.data.image_size == [side, side]
     assert cfg.model.stem_stride == default.model.stem_stride == 2
     assert cfg.model.filters == default.model.filters
-    assert cfg.augment.flip_prob == default.augment.flip_prob and cfg.augment.batched is False
+    assert cfg.augment.flip_prob == default.augment.flip_prob
+    assert cfg.augment.batched is True  # every 2D plan augments in batches (determine_protocol)
     assert cfg.train.ema_epochs == 0.0 and cfg.train.max_epochs == default.train.max_epochs
 
 

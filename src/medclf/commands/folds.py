@@ -232,7 +232,7 @@ def _fit_fold(run_dir: Path, cfg: Config, manifest, fold: int, train: tuple, hel
     network = create_model(cfg.model, cfg.data.in_channels, num_classes)
     weights = class_weights(train[1], num_classes, cfg.train.class_weights, cfg.train.sampler)
     module = Classifier(network, num_classes, cfg.train, weights)
-    trainer = build_trainer(cfg, folder, progress, n_train=len(train[1]))
+    trainer = build_trainer(cfg, folder, progress, n_train=len(train[1]), train=train)
     trainer.callbacks.extend(callbacks or [])
     last = folder / rundir.LAST
     ckpt = None

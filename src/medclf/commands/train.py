@@ -249,7 +249,7 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
         if zero and metrics:
             after_evaluation(run_dir, cfg)
         return TrainResult(run_dir, metrics, is_global_zero=zero)
-    trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels))
+    trainer = build_trainer(cfg, run_dir, progress, n_train=len(train_labels), train=splits["train"])
     resumed_from = None
     ckpt_arg = None
     if ckpt is not None:

@@ -17,9 +17,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..models import create_model
 
 SECONDS_PER_GFLOP = 0.022
-"""Seconds of training per GFLOP (forward + backward) on a 2-core CPU: whole epochs of the
-default ``small_cnn`` in channels-last layout with batched augmentation, validation and
-checkpoints (Lightning), measured on the k-fold ensemble of ``covid19-xray`` (0.0216)."""
+"""Seconds of training per GFLOP (forward + backward) on a 2-core CPU for the k-fold
+ensemble, whose fold models train in parallel processes: whole epochs of the default
+``small_cnn`` in channels-last layout with batched augmentation, validation and checkpoints
+(Lightning), measured on ``covid19-xray`` (0.0216)."""
+
+ONE_MODEL_SECONDS_PER_GFLOP = 0.029
+"""The same for one model trained in one process with every core: the Python of each step
+runs on one core while the others wait, so the arithmetic runs slower (measured on whole
+epochs of ``chest-xray-pneumonia`` at 224 px, 35-47 s for 4434 images: 0.026-0.034)."""
 
 
 def training_gflop(config) -> float:
@@ -47,7 +53,8 @@ def images_per_epoch(config, n_pool: int, n_train: int) -> int:
 def planned_seconds(config, n_pool: int, n_train: int, epochs: int | None = None) -> float:
     """Estimated training seconds of a run on a 2-core CPU (all folds together)."""
     epochs = config.train.max_epochs if epochs is None else epochs
-    return epochs * images_per_epoch(config, n_pool, n_train) * training_gflop(config) * SECONDS_PER_GFLOP
+    per_gflop = SECONDS_PER_GFLOP if config.train.folds >= 2 else ONE_MODEL_SECONDS_PER_GFLOP
+    return epochs * images_per_epoch(config, n_pool, n_train) * training_gflop(config) * per_gflop
 
 
 def epochs_for_budget(config, n_pool: int, n_train: int, min_epochs: int, max_epochs: int) -> int:

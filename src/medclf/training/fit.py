@@ -18,6 +18,7 @@ from ..data.datamodule import ImageDataModule
 from ..diagnostics import build_callbacks as build_diagnostics
 from ..errors import ConfigError
 from ..testing.faults import fault_callbacks
+from .batchnorm import CleanBatchNormStatistics
 from .callbacks import MetricsCSV
 from .finetune import FreezeBackbone
 from .module import MONITOR_MODES
@@ -67,9 +68,13 @@ def stopped_early(checkpoint: dict) -> bool:
     return False
 
 
-def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: int = 0) -> L.Trainer:
+def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: int = 0,
+                  train=None) -> L.Trainer:
     """A Lightning Trainer with the run's checkpoints, early stopping, weight averaging and
-    metrics record. ``n_train`` (training images) sets the EMA decay per step."""
+    metrics record. ``n_train`` (training images) sets the EMA decay per step;
+    ``train`` = ``(images, labels)`` of the training split (images ``(N, C, *spatial)``,
+    un-augmented) gives the batch-norm statistics that validation uses
+    (``train.clean_bn_statistics``, :mod:`medclf.training.batchnorm`)."""
     mode = MONITOR_MODES[cfg.train.monitor]
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor="val_selection",
@@ -90,6 +95,12 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         steps_per_epoch = max(1, n_train // cfg.train.batch_size)
         decay = 1.0 - 1.0 / max(1.0, cfg.train.ema_epochs * steps_per_epoch)
         callbacks.append(EMAWeightAveraging(decay=decay))  # Lightning's EMA of the weights
+    if cfg.train.clean_bn_statistics and cfg.augment.enabled and train is not None:
+        # after the EMA callback: it swaps the averaged weights in for validation first
+        images, labels = train
+        balanced = labels if cfg.train.sampler == "balanced" and labels.dim() == 1 \
+            and not labels.is_floating_point() else None
+        callbacks.append(CleanBatchNormStatistics(images, cfg.train.batch_size, balanced))
     if cfg.train.freeze_epochs > 0:
         callbacks.append(FreezeBackbone(cfg.train.freeze_epochs))  # fine-tuning: head first
     callbacks += build_diagnostics(cfg.diagnostics, run_dir)  # empty unless diagnostics.enabled
