@@ -58,6 +58,25 @@ def test_disk_splits_equal_memory_splits(tmp_path):
     assert half["train"][0].dtype == np.float16
 
 
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_disk_splits_of_multilabel_and_regression_sets_carry_their_targets(tmp_path, kind):
+    """Findings ``(N, K)`` and numbers ``(N,)`` from a disk shard, equal to the in-memory targets
+    (a multilabel set too large for memory once failed: class names looked up for 'A|H')."""
+    from taskdata import make_multilabel_csv, make_regression_csv
+    make = make_multilabel_csv if kind == "multilabel" else make_regression_csv
+    csv = make(tmp_path / kind, n=40)
+    columns = {"multilabel": ["disk", "bar", "square"], "regression": ["radius"]}[kind]
+    settings = {"path_column": "file" if kind == "multilabel" else "path", "label_columns": columns, "task": kind}
+    manifest = discover_source(str(csv), _config(tmp_path, **settings).data, 0)
+    memory, _, _ = prepare_splits(manifest, _config(tmp_path, storage="memory", **settings))
+    disk, kept, _ = prepare_splits(manifest, _config(tmp_path, storage="disk", storage_dtype="float32", **settings))
+    assert kept.task == kind
+    for split in memory:
+        assert disk[split][1].dtype == torch.float32 and torch.equal(disk[split][1], memory[split][1])
+        assert torch.equal(disk[split][0][:], memory[split][0])
+    assert disk["train"][1].dim() == (2 if kind == "multilabel" else 1)
+
+
 _SLOW_BUILD = """
 import sys, time
 import medclf.data.store as store

@@ -86,15 +86,17 @@ def _splits_from_disk(manifest: Manifest, config):
     check_bad_files(bad, config.data.on_bad_file)
     kept_frame = manifest.frame[keep].copy()
     kept_frame["sha"] = [h for h, k in zip(hashes, keep) if k]
-    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored)
+    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
     positions = np.flatnonzero(keep)  # shard rows of the kept items, in kept order
     splits = {}
     for split in ("train", "val", "test"):
         rows = np.flatnonzero(kept.frame.split.to_numpy() == split)
         if len(rows) == 0:
             raise DataError(f"the {split} split has no readable images")
-        splits[split] = (shard.images(positions[rows]), torch.tensor(kept.labels(split), dtype=torch.long))
-    _check_train_classes(kept, manifest.class_names)
+        # (N,) class indices, (N, K) findings or (N,) numbers, as in memory
+        splits[split] = (shard.images(positions[rows]), torch.from_numpy(kept.targets(split)))
+    if kept.task == "classification":
+        _check_train_classes(kept, manifest.class_names)
     return splits, kept, bad
 
 
