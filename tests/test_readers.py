@@ -94,6 +94,16 @@ def test_normalisation_modes():
     assert np.isfinite(normalize(flat, "percentile")).all()
 
 
+@pytest.mark.parametrize("shape", [(1, 224, 224), (3, 160, 160), (1, 32, 32, 32)])
+def test_percentile_normalisation_gives_monais_values(shape):
+    from monai.transforms import ScaleIntensityRangePercentiles
+    image = np.random.default_rng(1).gamma(2.0, 40.0, shape).round().astype(np.float32)  # skewed, with ties
+    ours = normalize(image, "percentile")
+    monai = np.asarray(ScaleIntensityRangePercentiles(lower=5, upper=95, b_min=0.0, b_max=1.0, clip=False)(image))
+    assert ours.dtype == np.float32 and ours.shape == image.shape
+    np.testing.assert_allclose(ours, monai, rtol=0, atol=3e-5)
+
+
 def test_cache_returns_same_array_and_key_tracks_settings(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)).save(path)

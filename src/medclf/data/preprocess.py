@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRangePercentiles
+from monai.transforms import NormalizeIntensity, ScaleIntensity
 
 from ..errors import BadFilesError, UnreadableImage
 from ..io import atomic_write
@@ -31,7 +31,8 @@ def normalize(array: np.ndarray, mode: str, full_scale: float = 255.0,
 
     Modes: ``scale255`` divides by the file's full scale (255 for 8-bit, 65535 for 16-bit)
     to [0, 1]; ``minmax`` maps the image's min..max to [0, 1]; ``percentile`` maps the
-    5th..95th percentile to [0, 1] without clipping (MONAI ScaleIntensityRangePercentiles);
+    5th..95th percentile (NumPy's, linear interpolation) to [0, 1] without clipping, as
+    MONAI's ScaleIntensityRangePercentiles does;
     ``zscore`` gives zero mean and unit variance (MONAI NormalizeIntensity); ``none`` keeps
     the values (e.g. after a window, which already maps to [0, 1]). Channels
     are normalised together. Returns float32, same shape.
@@ -44,12 +45,14 @@ def normalize(array: np.ndarray, mode: str, full_scale: float = 255.0,
     elif mode == "minmax":
         out = ScaleIntensity(minv=0.0, maxv=1.0)(array)
     elif mode == "percentile":
-        low, high = percentiles
-        if np.percentile(array, high) <= np.percentile(array, low):
+        # NumPy directly: MONAI's transform gives the same values (within 3e-5) but converts to
+        # a MetaTensor and sorts with torch.quantile, 7.5 ms instead of 0.6 ms per 224 px image,
+        # which was half of the service's time per upload
+        low_value, high_value = np.percentile(array, percentiles)
+        if high_value <= low_value:
             out = ScaleIntensity(minv=0.0, maxv=1.0)(array)  # flat image: fall back to min-max
         else:
-            out = ScaleIntensityRangePercentiles(lower=low, upper=high, b_min=0.0, b_max=1.0,
-                                                 clip=False)(array)
+            out = (array - np.float32(low_value)) / np.float32(high_value - low_value)
     elif mode == "zscore":
         out = NormalizeIntensity()(array)
     else:
