@@ -33,6 +33,7 @@ def test_balanced_draws_mix_the_classes_like_the_balanced_sampler_and_repeat():
     first_batch = next(clean_batches(images, 64, labels))[:, 0, 0, 0]
     assert 0 < first_batch.mean().item() < 1  # batches mix the classes
     assert torch.equal(drawn, _drawn(images, 64, labels))  # the same draws every time
+    assert len(_drawn(images[:100], 64, labels[:100])) == 100  # never more draws than images
 
 
 def test_without_the_balanced_sampler_a_shuffled_subset_without_repeats():
@@ -51,7 +52,15 @@ def test_the_hook_replaces_stale_running_statistics_with_those_of_the_drawn_clea
     bn.running_mean.fill_(100.0)  # stale statistics, e.g. of augmented batches or old weights
     bn.running_var.fill_(100.0)
     module = Wrapped(nn.Sequential(bn)).eval()
-    CleanBatchNormStatistics(images, 64).on_validation_epoch_start(SimpleNamespace(sanity_checking=False), module)
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, max_epochs=3)
+    CleanBatchNormStatistics(images, 64, last_epoch_only=True).on_validation_epoch_start(trainer, module)
+    assert bn.running_mean.eq(100.0).all()  # a fold model: not before its last epoch
+    trainer.current_epoch = 2
+    CleanBatchNormStatistics(images, 64, last_epoch_only=True).on_validation_epoch_start(trainer, module)
+    assert not bn.running_mean.eq(100.0).any()
+    bn.running_mean.fill_(100.0)
+    trainer.current_epoch = 0
+    CleanBatchNormStatistics(images, 64).on_validation_epoch_start(trainer, module)
     drawn = _drawn(images, 64)
     # update_bn averages the per-batch statistics; with equal batches (512 = 8 x 64) the mean is exact
     np.testing.assert_allclose(bn.running_mean.numpy(), drawn.mean(dim=(0, 2, 3)).numpy(), rtol=1e-5)
@@ -76,8 +85,14 @@ def test_the_trainer_gets_the_callback_only_with_augmentation_and_after_weight_a
     cfg = Config()
     cfg.train.ema_epochs = 2.0
     train = (torch.zeros(10, 1, 8, 8), torch.tensor([0, 1] * 5))
-    names = [type(c).__name__ for c in build_trainer(cfg, tmp_path, False, 10, train).callbacks]
+    callbacks = build_trainer(cfg, tmp_path, False, 10, train).callbacks
+    names = [type(c).__name__ for c in callbacks]
     assert names.index("CleanBatchNormStatistics") > names.index(EMAWeightAveraging.__name__)
+    assert callbacks[names.index("CleanBatchNormStatistics")].last_epoch_only is False
+    cfg.train.folds = 5  # fold models keep their last weights
+    callbacks = build_trainer(cfg, tmp_path, False, 10, train).callbacks
+    assert [c for c in callbacks if isinstance(c, CleanBatchNormStatistics)][0].last_epoch_only is True
+    cfg.train.folds = 0
     cfg.augment.enabled = False
     assert "CleanBatchNormStatistics" not in [type(c).__name__ for c in build_trainer(cfg, tmp_path, False, 10, train).callbacks]
     cfg.augment.enabled, cfg.train.clean_bn_statistics = True, False

@@ -39,8 +39,8 @@ def clean_batches(images, batch_size: int, class_balanced_labels=None, limit: in
     training batches are: the same items in the same order every time (a fixed generator).
 
     ``class_balanced_labels`` (class indices ``(N,)``, with the class-balanced sampler):
-    ``limit`` draws with every class equally likely, as that sampler draws; else a shuffled
-    subset. Batch norm learnt on batches of that class mix, and a natural mix, or a split
+    ``min(limit, N)`` draws with every class equally likely, as that sampler draws; else a
+    shuffled subset. Never more items than the split has: the forward passes cost time. Batch norm learnt on batches of that class mix, and a natural mix, or a split
     listed class by class (batches of one class, whose variances miss the differences
     between classes), gives other statistics.
     """
@@ -48,7 +48,7 @@ def clean_batches(images, batch_size: int, class_balanced_labels=None, limit: in
     if class_balanced_labels is not None:
         labels = np.asarray(class_balanced_labels)
         weights = (1.0 / np.bincount(labels))[labels]
-        picked = rng.choice(len(labels), limit, replace=True, p=weights / weights.sum())
+        picked = rng.choice(len(labels), min(limit, len(labels)), replace=True, p=weights / weights.sum())
     else:
         picked = rng.permutation(len(images))[:limit]
     for start in range(0, len(picked), batch_size):
@@ -69,15 +69,21 @@ class CleanBatchNormStatistics(L.Callback):
             variance is an average of per-batch variances.
         class_balanced_labels: training class indices ``(N,)`` when the training sampler is
             class-balanced (:func:`clean_batches` then draws like it), else None.
+        last_epoch_only: re-estimate before the last epoch's validation only: for models
+            that keep their last weights whatever the validation says (the k-fold
+            ensemble's members), where earlier estimates would only cost time.
     """
 
-    def __init__(self, images, batch_size: int, class_balanced_labels=None):
+    def __init__(self, images, batch_size: int, class_balanced_labels=None, last_epoch_only: bool = False):
         self.images = images
         self.batch_size = batch_size
         self.class_balanced_labels = class_balanced_labels
+        self.last_epoch_only = last_epoch_only
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not has_batch_norm(pl_module) or len(self.images) == 0:
+            return
+        if self.last_epoch_only and trainer.current_epoch < trainer.max_epochs - 1:
             return
         batches = (batch.to(pl_module.device) for batch in clean_batches(self.images, self.batch_size,
                                                                        self.class_balanced_labels))

@@ -100,7 +100,9 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         images, labels = train
         balanced = labels if cfg.train.sampler == "balanced" and labels.dim() == 1 \
             and not labels.is_floating_point() else None
-        callbacks.append(CleanBatchNormStatistics(images, cfg.train.batch_size, balanced))
+        # fold models keep their last weights: only the last validation's statistics matter
+        callbacks.append(CleanBatchNormStatistics(images, cfg.train.batch_size, balanced,
+                                                  last_epoch_only=cfg.train.folds >= 2))
     if cfg.train.freeze_epochs > 0:
         callbacks.append(FreezeBackbone(cfg.train.freeze_epochs))  # fine-tuning: head first
     callbacks += build_diagnostics(cfg.diagnostics, run_dir)  # empty unless diagnostics.enabled
