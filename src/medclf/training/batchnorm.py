@@ -24,8 +24,9 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 BN_IMAGES = 512
-"""Training images whose features give the running statistics (evenly spaced, the same each
-time): a few hundred images estimate a channel mean and variance to within a few percent."""
+"""Most training images whose features give the running statistics (drawn as the training
+batches are, the same each time): a few hundred images estimate a channel's mean and
+variance over thousands of pixel positions each."""
 
 
 def has_batch_norm(model: nn.Module) -> bool:
