@@ -263,7 +263,8 @@ def test_plans_for_large_2d_small_2d_and_3d():
     counts = {"train": {"a": 3000, "b": 1000}}  # above the k-fold protocol's size (test_folds.py)
     large = plan_config({"spatial_dims": 2, "median_size": [1500, 1600], "counts": counts, "readers": {"image": 400}})
     assert large["data"]["image_size"] == [224, 224] and large["model"]["spatial_dims"] == 2
-    assert large["augment"]["batched"] is False and large["preprocess"]["normalization"] == "percentile"
+    assert large["augment"]["batched"] is True and large["preprocess"]["normalization"] == "percentile"
+    assert large["augment"]["flip_prob"] > 0  # only thumbnails lose the left-right flip
     assert large["model"]["stem_stride"] == 2 and large["model"]["filters"] == Config().model.filters
     small = plan_config({"spatial_dims": 2, "median_size": [28, 28], "counts": counts, "readers": {"npz": 400},
                          "dtypes": {"uint8": 400}})
