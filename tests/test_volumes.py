@@ -265,15 +265,18 @@ def test_plans_for_large_2d_small_2d_and_3d():
     assert large["data"]["image_size"] == [224, 224] and large["model"]["spatial_dims"] == 2
     assert large["augment"]["batched"] is True and large["preprocess"]["normalization"] == "percentile"
     assert large["augment"]["flip_prob"] > 0  # only thumbnails lose the left-right flip
+    assert large["train"]["clean_bn_statistics"] is True  # no weight average: statistics re-estimated
     assert large["model"]["stem_stride"] == 2 and large["model"]["filters"] == Config().model.filters
     small = plan_config({"spatial_dims": 2, "median_size": [28, 28], "counts": counts, "readers": {"npz": 400},
                          "dtypes": {"uint8": 400}})
     assert small["data"]["image_size"] == [28, 28] and small["model"]["stem_stride"] == 1
     assert small["augment"]["batched"] is True and small["augment"]["flip_prob"] == 0
+    assert small["train"]["ema_epochs"] > 0 and small["train"]["clean_bn_statistics"] is False
     volume = plan_config({"spatial_dims": 3, "median_size": [40, 128, 128], "counts": counts,
                           "readers": {"nifti": 400}})
     assert volume["model"]["spatial_dims"] == 3 and volume["data"]["image_size"] == [10, 32, 32]
     assert volume["augment"]["batched"] is True and volume["preprocess"]["normalization"] == "percentile"
+    assert volume["train"]["ema_epochs"] > 0 and volume["train"]["clean_bn_statistics"] is False
     assert volume["eval"]["tta"] is True and small["eval"]["tta"] is False
     assert volume["model"].get("projection_branch", False) is False
     Config.model_validate(volume)
