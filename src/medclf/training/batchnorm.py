@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from ..data.datamodule import balanced_weights
+
 BN_IMAGES = 512
 """Most training images whose features give the running statistics (drawn as the training
 batches are, the same each time): a few hundred images estimate a channel's mean and
@@ -47,9 +49,8 @@ def clean_batches(images, batch_size: int, class_balanced_labels=None, limit: in
     """
     rng = np.random.default_rng(0)
     if class_balanced_labels is not None:
-        labels = np.asarray(class_balanced_labels)
-        weights = (1.0 / np.bincount(labels))[labels]
-        picked = rng.choice(len(labels), min(limit, len(labels)), replace=True, p=weights / weights.sum())
+        weights = balanced_weights(torch.as_tensor(class_balanced_labels)).double().numpy()  # the sampler's
+        picked = rng.choice(len(weights), min(limit, len(weights)), replace=True, p=weights / weights.sum())
     else:
         picked = rng.permutation(len(images))[:limit]
     for start in range(0, len(picked), batch_size):
