@@ -514,15 +514,14 @@ class Planner:
             cfg.model.filters = list(self.SMALL_FILTERS)
 
     def determine_small_image_augmentation(self, cfg: Config) -> None:
-        """Small 2D images: batched augmentation (per-image transforms would cost more than
-        the network) and no left-right flip (a flipped thumbnail radiograph shows an anatomy
-        that does not occur: the heart on the right).
+        """Small 2D images: no left-right flip (a flipped thumbnail radiograph shows an
+        anatomy that does not occur: the heart on the right). Batched augmentation comes with
+        every 2D plan (:meth:`determine_protocol`).
 
         Args:
             cfg: the configuration being planned, changed in place.
         """
         if self._small_image(cfg):
-            cfg.augment.batched = True
             cfg.augment.flip_prob = 0.0
 
     def determine_small_image_training(self, cfg: Config) -> None:
