@@ -15,11 +15,12 @@ and report), ``total``; and the peak resident memory of the training process
 
 Prints one JSON line: ``{"runs": [{"n", "kind", "storage", "seconds": {stage: s},
 "peak_rss_mb", "peak_rss_children_mb"}, ...], "growth": {...}}`` where ``growth`` gives,
-for consecutive sizes, each stage's time ratio and the size ratio.
+for consecutive sizes, each stage's time ratio and the size ratio (a size given twice, as in
+``--n 10000 100000 10000``, counts with its median).
 
 Usage:
-    python bench/scale.py --n 1000 10000 [--volumes 1000] [--root /tmp/medclf-scale]
-        [--set key=value ...] [--keep-cache]
+    python bench/scale.py --n 10000 100000 10000 [--volumes 1000] [--root /tmp/medclf-scale]
+        [--set key=value ...] [--keep-cache] [--record --note "quiet machine"]
 
 The datasets are kept under ``--root`` (generated once; reruns reuse them). 100k images
 take about 4 GB of PNG and the disk shard 100k x 224^2 x 2 bytes = 10 GB.
@@ -173,13 +174,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra key=value settings")
     parser.add_argument("--keep-cache", action="store_true", help="do not empty the disk cache before a run")
     parser.add_argument("--generate-only", action="store_true", help="only write the datasets")
+    parser.add_argument("--record", action="store_true",
+                        help="append the JSON line to bench/scale.jsonl (shown in docs/benchmarks.md)")
+    parser.add_argument("--note", default="", help="machine note stored with the record, e.g. 'quiet machine'")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args.child[0], args.child[1], args.child[2:])
         return
     root = Path(args.root)
-    plans = [(n, "2d", root / f"images-{n}") for n in args.n]
+    plans = [(n, "2d", root / f"images-{n}") for n in args.n]  # a size may repeat (see growth_of)
     if args.volumes:
         plans.append((args.volumes, "3d", root / f"volumes-{args.volumes}"))
     for n, kind, folder in plans:
@@ -191,14 +195,34 @@ def main() -> None:
         result = run_one(folder, root, args.overrides, args.keep_cache)
         runs.append({"n": n, "kind": kind, **result})
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    images = sorted((r for r in runs if r["kind"] == "2d"), key=lambda r: r["n"])
+    record = {"runs": runs, "growth": growth_of(runs)}
+    print(json.dumps(record))
+    if args.record:
+        import records  # bench/records.py (this script's folder is on sys.path)
+        records.append(records.SCALE, record, args.note, "python bench/scale.py " + " ".join(sys.argv[1:]))
+        print(f"appended to {records.SCALE} (python bench/suite.py --render shows it in docs/benchmarks.md)",
+              file=sys.stderr)
+
+
+
+def growth_of(runs: list[dict]) -> dict:
+    """Each stage's time ratio between consecutive 2D sizes. A size run more than once (e.g.
+    ``--n 10000 100000 10000``, before and after the large run, so that a drift of the
+    machine's speed during the large run weighs on both sides) counts with its median time."""
+    seconds: dict[int, dict[str, list[float]]] = {}
+    for run in runs:
+        if run["kind"] == "2d":
+            for stage, value in run["seconds"].items():
+                seconds.setdefault(run["n"], {}).setdefault(stage, []).append(value)
+    sizes = sorted(seconds)
     growth = {}
-    for small, large in zip(images, images[1:]):
-        growth[f"{small['n']}->{large['n']}"] = {
-            "size_ratio": large["n"] / small["n"],
-            **{stage: round(large["seconds"][stage] / max(small["seconds"][stage], 1e-3), 2)
-               for stage in STAGES if stage in small["seconds"] and stage in large["seconds"]}}
-    print(json.dumps({"runs": runs, "growth": growth}))
+    for small, large in zip(sizes, sizes[1:]):
+        a = {stage: float(np.median(v)) for stage, v in seconds[small].items()}
+        b = {stage: float(np.median(v)) for stage, v in seconds[large].items()}
+        growth[f"{small}->{large}"] = {"size_ratio": large / small, "runs": [
+            sum(r["n"] == small for r in runs), sum(r["n"] == large for r in runs)],
+            **{stage: round(b[stage] / max(a[stage], 1e-3), 2) for stage in STAGES if stage in a and stage in b}}
+    return growth
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ setting's requests/s over ``torch`` (measured in the same run, so comparable und
 plus the setup (image size, model, clients, requests, upload sizes).
 
 Usage: python bench/serve.py [--run RUNS_DIR/NAME] [--clients 20] [--requests 200] [--gradcam]
+    [--record --note "quiet machine"]  (appends the line to bench/serve.jsonl, for docs/benchmarks.md)
 """
 from __future__ import annotations
 
@@ -142,6 +143,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--train-per-class", type=int, default=10)
     parser.add_argument("--gradcam", action="store_true", help="also time ?gradcam=true (PyTorch, no batching)")
+    parser.add_argument("--record", action="store_true",
+                        help="append the JSON line to bench/serve.jsonl (shown in docs/benchmarks.md)")
+    parser.add_argument("--note", default="", help="machine note stored with the record, e.g. 'quiet machine'")
     args = parser.parse_args()
     files = sorted(p for p in (COVID / "test").rglob("*") if p.is_file())
     bodies = [multipart(p) for p in files]
@@ -163,7 +167,7 @@ def main() -> None:
                 server.wait(timeout=30)
         config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
     sizes = sorted(len(b) for b, _ in bodies)
-    print(json.dumps({
+    record = {
         "clients": args.clients, "requests_per_mode": args.requests, "model": config["model"]["name"],
         "image_size": config["data"]["image_size"], "images": len(files),
         "upload_kb_median": round(statistics.median(sizes) / 1024), "upload_kb_max": round(sizes[-1] / 1024),
@@ -171,7 +175,13 @@ def main() -> None:
         **results,
         "ratios": {key: round(r["requests_per_s"] / results["torch"]["requests_per_s"], 2)
                    for key, r in results.items()},
-        "errors": sum(r["errors"] for r in results.values())}))
+        "errors": sum(r["errors"] for r in results.values())}
+    print(json.dumps(record))
+    if args.record:
+        import records  # bench/records.py (this script's folder is on sys.path)
+        records.append(records.SERVE, record, args.note, "python bench/serve.py " + " ".join(sys.argv[1:]))
+        print(f"appended to {records.SERVE} (python bench/suite.py --render shows it in docs/benchmarks.md)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -529,6 +529,15 @@ defaults' and shown in a section of their own, and it is compared on its validat
 """
 
 
+def records_module():
+    """``bench/records.py`` (the cost benchmarks' records), loaded by path: bench/ is no package."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_records", Path(__file__).resolve().parent / "records.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def render(records: list[dict], results: Path) -> str:
     """The whole ``docs/benchmarks.md`` from the records of a results file."""
     parts = [HEADER.format(results=_shown(results))]
@@ -538,6 +547,12 @@ def render(records: list[dict], results: Path) -> str:
         mine = [r for r in records if r["dataset"] == dataset and list(r.get("overrides", [])) == overrides]
         latest = {(r["tool"], r["seed"]): r for r in mine}
         parts.append(render_dataset(summary, list(latest.values())))
+    # the cost benchmarks' latest records, when this results file has them beside it
+    side = records_module()
+    for render_section, name in ((side.render_scale, "scale.jsonl"), (side.render_serve, "serve.jsonl")):
+        section = render_section(side.latest(Path(results).parent / name))
+        if section:
+            parts.append(section)
     absent = [name for name in DATASETS if name not in {d for d, _ in present}]
     if absent:
         parts.append("## Not measured yet\n\n" + "\n".join(

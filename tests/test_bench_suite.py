@@ -171,3 +171,39 @@ def test_baseline_cnn_trains_on_a_split_csv_of_npz_items(tmp_path):
     assert first["test"]["roc_auc"] > 0.9  # it learns the square
     again = baseline.run_baseline(tmp_path / "split.csv", seed=3, epochs=4)
     assert again == first  # deterministic
+
+
+def test_scale_growth_counts_a_repeated_size_with_its_median():
+    scale = _load("scale")
+    runs = [{"n": 10, "kind": "2d", "seconds": {"fit": 2.0, "total": 5.0}},
+            {"n": 100, "kind": "2d", "seconds": {"fit": 30.0, "total": 60.0}},
+            {"n": 10, "kind": "2d", "seconds": {"fit": 4.0, "total": 7.0}},
+            {"n": 5, "kind": "3d", "seconds": {"fit": 1.0, "total": 1.0}}]
+    growth = scale.growth_of(runs)
+    assert list(growth) == ["10->100"]  # volumes are not part of the 2D growth
+    assert growth["10->100"]["runs"] == [2, 1] and growth["10->100"]["size_ratio"] == 10
+    assert growth["10->100"]["fit"] == 10.0 and growth["10->100"]["total"] == 10.0  # 30 / median(2, 4)
+
+
+def test_the_page_shows_the_latest_scale_and_serve_records_beside_the_results(tmp_path):
+    records = _load("records")
+    scale_record = {"runs": [{"n": 10000, "kind": "2d", "storage": "disk", "peak_rss_mb": 1563.0,
+                              "seconds": {"preprocess": 21.0, "fit": 28.1, "total": 77.9}}],
+                    "growth": {"10000->100000": {"size_ratio": 10.0, "runs": [2, 1], "fit": 10.4, "total": 9.9}}}
+    records.append(tmp_path / "scale.jsonl", {"runs": [], "growth": {}}, "old", "python bench/scale.py")
+    records.append(tmp_path / "scale.jsonl", scale_record, "quiet machine", "python bench/scale.py --n 10000")
+    serve = {"clients": 20, "requests_per_mode": 200, "model": "small_cnn", "image_size": [224, 224],
+             "upload_kb_median": 179, "torch": {"p50_ms": 170.0, "p95_ms": 220.0, "requests_per_s": 110.0, "errors": 0},
+             "onnx_batched": {"p50_ms": 110.0, "p95_ms": 150.0, "requests_per_s": 165.0, "errors": 0},
+             "ratios": {"torch": 1.0, "onnx_batched": 1.5}}
+    records.append(tmp_path / "serve.jsonl", serve, "quiet machine", "python bench/serve.py --record")
+    page = suite.render(COVID, tmp_path / "results.jsonl")
+    growth = page.split("## Cost growth (`bench/scale.py`)")[1].split("\n## ")[0]
+    assert "`python bench/scale.py --n 10000`" in growth and "quiet machine" in growth  # the latest record
+    assert "| 10000 | 2d | disk |  |  |  | 21.0 |  | 28.1 |  |  | 77.9 | 1563 |" in growth
+    assert "| 10000->100000 | 10 |  |  |  |  |  | 10.40 |  |  | 9.90 |" in growth
+    service = page.split("## Service (`bench/serve.py`)")[1].split("\n## ")[0]
+    assert "| onnx_batched | 110.0 | 150.0 | 165.0 | 1.5 | 0 |" in service
+    assert "| torch | 170.0 | 220.0 | 110.0 | 1.0 | 0 |" in service
+    # no such files beside another results file: no sections
+    assert "## Cost growth" not in suite.render(COVID, tmp_path / "elsewhere" / "results.jsonl")

@@ -382,8 +382,9 @@ class DiskImages:
         return self._fd
 
     def __del__(self):
-        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
+        # at interpreter exit the os module may already be torn down (AttributeError, TypeError)
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
                 os.close(self._fd)
 
     @property

@@ -207,11 +207,14 @@ class RunStore:
 
     def model(self, name: str) -> LoadedRun:
         """The run with its model loaded (once, then cached; reloaded when its checkpoint changes)."""
-        path = self.path(name)
         with self._lock:
             cached = self._models.get(name)
-        if cached is not None and cached.run.path == path and _stamp(Path(cached.stamp[0])) == cached.stamp:
-            return cached  # per request: one stat, no configuration read
+        if cached is not None and _stamp(Path(cached.stamp[0])) == cached.stamp:
+            # per request: one stat, no listing of the runs folder and no configuration read.
+            # The name was checked (self.path) when the model was loaded; its checkpoint still
+            # being there, unchanged, means the run is.
+            return cached
+        path = self.path(name)
         run = self.load(name)
         try:  # an ensemble run: its last fold's weights stand for the whole (they are written last)
             checkpoint = run.fold_checkpoints()[-1] if run.is_ensemble else run.checkpoint

@@ -119,9 +119,11 @@ def _decode(data: bytes, size, in_channels: int, max_pixels: int) -> Image.Image
             image.draft("L", (side, side))
         image.load()
         try:
-            return ImageOps.exif_transpose(image)
+            # in place: without an orientation tag there is nothing to do (no copy of the pixels)
+            ImageOps.exif_transpose(image, in_place=True)
         except PILLOW_DECODE_ERRORS:  # unparsable EXIF declares no orientation
-            return image
+            pass
+        return image
 
 
 def _head(data: bytes, n: int = 24) -> str:
