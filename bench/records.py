@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parent
 SCALE = BENCH / "scale.jsonl"
 SERVE = BENCH / "serve.jsonl"
 SCALE_STAGES = ("discover", "fingerprint", "plan", "preprocess", "inspect", "fit", "evaluate", "postrun", "total")
-SERVE_SETTINGS = ("torch", "torch_batched", "onnx", "onnx_batched", "torch_gradcam")
+SERVE_SETTINGS = ("torch", "torch_batched", "onnx", "onnx_batched", "torch_gradcam", "http_floor")
 
 
 def append(path: Path, record: dict, note: str, command: str) -> None:
@@ -75,4 +75,5 @@ def render_serve(record: dict | None) -> str:
             + f"\n{record.get('clients')} concurrent clients on the same machine, {record.get('requests_per_mode')} "
               f"requests per setting, model {record.get('model')} at {record.get('image_size')} px, uploads of "
               f"{record.get('upload_kb_median')} KB (median). `_batched`: micro-batching (5 ms window, at most "
-              "32 images).\n\n" + "".join(rows))
+              "32 images). `http_floor`: a bare FastAPI upload endpoint (no decoding, no model) under the same "
+              "load, the floor that the HTTP path and the clients on the same cores set.\n\n" + "".join(rows))

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,7 @@ def main() -> None:
     print(json.dumps(record))
     if args.record:
         import records  # bench/records.py (this script's folder is on sys.path)
-        records.append(records.SCALE, record, args.note, "python bench/scale.py " + " ".join(sys.argv[1:]))
+        records.append(records.SCALE, record, args.note, "python bench/scale.py " + shlex.join(sys.argv[1:]))
         print(f"appended to {records.SCALE} (python bench/suite.py --render shows it in docs/benchmarks.md)",
               file=sys.stderr)
 

@@ -6,6 +6,9 @@ send 200 ``POST /api/runs/{run}/predict`` requests (multipart upload of X-ray fi
 ``--backend onnx`` (ONNX Runtime), each without micro-batching (``--batch-window-ms 0``) and
 with it (``--batch-window-ms 5 --max-batch 32``); one server per setting, started in turn.
 With ``--gradcam``, also ``?gradcam=true`` requests on the PyTorch server without batching.
+Last, ``http_floor``: the same load on a bare FastAPI + Uvicorn app whose endpoint only reads
+the upload (no decoding, no model): the latency of the HTTP path and of the clients sharing
+the cores, which no prediction backend can go below.
 Without ``--run``, a run is trained first with default settings (default model and image
 size, so the latency is the real one) on a few training images for 2 epochs.
 
@@ -23,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -117,6 +121,10 @@ def start_server(runs_dir: Path, port: int, backend: str, window_ms: float) -> s
     server = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(runs_dir), "--host", "127.0.0.1",
                                "--port", str(port), "--backend", backend, "--batch-window-ms", str(window_ms)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _wait_ready(server, port)
+
+
+def _wait_ready(server: subprocess.Popen, port: int) -> subprocess.Popen:
     for _ in range(1500):
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -130,6 +138,31 @@ def start_server(runs_dir: Path, port: int, backend: str, window_ms: float) -> s
             time.sleep(0.2)
     server.terminate()
     sys.exit("server did not become ready")
+
+
+FLOOR_APP = """
+import sys
+from typing import Annotated
+import uvicorn
+from fastapi import FastAPI, File, UploadFile
+app = FastAPI()
+@app.post("/api/runs/{run}/predict")
+async def predict(run: str, file: Annotated[UploadFile, File()]):
+    return {"filename": file.filename, "bytes": len(await file.read())}
+@app.get("/api/ready")
+def ready():
+    return {"status": "ready"}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def start_floor(port: int) -> subprocess.Popen:
+    """The HTTP floor: a FastAPI + Uvicorn app whose predict endpoint reads the upload and
+    answers at once (no decoding, no model), so its latency is what the HTTP path and the
+    clients on the same cores cost by themselves."""
+    server = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    return _wait_ready(server, port)
 
 
 SETTINGS = {"torch": ("torch", 0.0), "torch_batched": ("torch", 5.0), "onnx": ("onnx", 0.0),
@@ -165,6 +198,14 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(timeout=30)
+        port = free_port()
+        server = start_floor(port)
+        try:
+            load(port, run_dir.name, bodies[:2], 1, 2, False)
+            results["http_floor"] = load(port, run_dir.name, bodies, args.clients, args.requests, False)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
         config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
     sizes = sorted(len(b) for b, _ in bodies)
     record = {
@@ -179,7 +220,7 @@ def main() -> None:
     print(json.dumps(record))
     if args.record:
         import records  # bench/records.py (this script's folder is on sys.path)
-        records.append(records.SERVE, record, args.note, "python bench/serve.py " + " ".join(sys.argv[1:]))
+        records.append(records.SERVE, record, args.note, "python bench/serve.py " + shlex.join(sys.argv[1:]))
         print(f"appended to {records.SERVE} (python bench/suite.py --render shows it in docs/benchmarks.md)",
               file=sys.stderr)
 

@@ -155,7 +155,8 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, metadata: str | No
     return proto.SerializeToString()
 
 
-def onnx_session_for(model: torch.nn.Module, input_shape: list[int], threads: int | None = None):
+def onnx_session_for(model: torch.nn.Module, input_shape: list[int], threads: int | None = None,
+                     spinning: bool = True):
     """An ONNX Runtime CPU session of a network in memory (no file written).
 
     Args:
@@ -163,6 +164,9 @@ def onnx_session_for(model: torch.nn.Module, input_shape: list[int], threads: in
             :func:`medclf.evaluation.predict.load_model` returns); a softmax is added.
         input_shape: ``[C, *spatial]`` of one input.
         threads: intra-op threads (default: ONNX Runtime's choice).
+        spinning: let the intra-op threads busy-wait for the next run (ONNX Runtime's
+            default, ``session.intra_op.allow_spinning``); False in a service, where the
+            cores are shared with decoding and HTTP work that the spinning would take from.
 
     Use :func:`onnx_probabilities` on the session."""
     import onnxruntime as ort
@@ -170,6 +174,8 @@ def onnx_session_for(model: torch.nn.Module, input_shape: list[int], threads: in
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

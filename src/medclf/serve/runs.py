@@ -240,7 +240,8 @@ class RunStore:
         elif self.backend == "onnx":
             from ..export.export import onnx_session_for
             try:
-                loaded.session = onnx_session_for(model.cpu(), shape)
+                # no busy-waiting threads: they would take the cores from decoding the next uploads
+                loaded.session = onnx_session_for(model.cpu(), shape, spinning=False)
             except (RuntimeError, ValueError) as err:
                 raise RunDirError(f"run {name!r}: the network cannot be run by ONNX Runtime: {err}") from err
         if self.batch_window_ms > 0:
