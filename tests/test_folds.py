@@ -188,3 +188,36 @@ def test_an_ensemble_run_trains_with_ddp_two_cpu_processes(tiny_dataset, tmp_pat
         assert list(pd.read_csv(run / "folds" / f"fold_{k}" / "metrics.csv").epoch) == [0]
     assert len(pd.read_csv(run / "oof_predictions.csv")) == 24
     assert not list((run / "folds" / "fold_0").glob("folds"))  # no nested run written by rank 1
+
+
+def _large_images(root: Path, per_class: int = 15) -> Path:
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 4)):
+        for cls in ("disk", "bar"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_the_budget_steps_the_side_down_until_it_affords_enough_epochs(tmp_path):
+    from medclf.plan import n_pool, n_train, plan_run
+    from medclf.training.budget import planned_seconds
+    data = _large_images(tmp_path / "d")  # too few images per class for the k-fold protocol: one model
+    one_model = ["train.folds=0"]
+    roomy = plan_run(data, overrides=one_model)
+    assert roomy.config.data.image_size == [224, 224]
+    assert roomy.config.train.max_epochs >= Planner.MIN_EPOCHS_AT_SIDE
+    per_epoch = planned_seconds(roomy.config, n_pool(roomy.fingerprint), n_train(roomy.fingerprint), epochs=1)
+    for epochs_at_224, side in ((Planner.MIN_EPOCHS_AT_SIDE, 224), (30, 192), (22, 160), (5, 160)):
+        planned = plan_run(data, overrides=[*one_model, f"train.time_budget_s={per_epoch * epochs_at_224 + 1e-6}"])
+        assert planned.config.data.image_size == [side, side], epochs_at_224
+        assert planned.plan["data"]["image_size"] == [side, side]  # plan.json shows the stepped side
+        if side > Planner.MIN_BUDGET_SIDE:
+            assert planned.config.train.max_epochs >= Planner.MIN_EPOCHS_AT_SIDE
+    # a side, or epochs, the user set are kept
+    budget = f"train.time_budget_s={per_epoch * 5}"
+    assert plan_run(data, overrides=[*one_model, budget, "data.image_size=[224,224]"]).config.data.image_size \
+        == [224, 224]
+    assert plan_run(data, overrides=[*one_model, budget, "train.max_epochs=3"]).config.data.image_size == [224, 224]

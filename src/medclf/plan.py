@@ -9,6 +9,7 @@ probing every file again.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from .errors import ConfigError, UnreadableImage
 from .io import write_json
 from .training.budget import epochs_for_budget
 from .training.tasks import check_loss, plan_task, task_facts, task_of
+
+log = logging.getLogger("medclf")
 
 
 @dataclass
@@ -72,10 +75,35 @@ def plan_run(data, config=None, overrides=None) -> Planned:
         raise ConfigError(f"train.folds={resolved.train.folds}: the k-fold ensemble is built for classification; "
                           f"a {task_of(resolved)} run trains one model (train.folds=0)")
     if resolved.train.time_budget_s and "max_epochs" not in tree.get("train", {}):
+        fit_side_to_budget(resolved, planned, tree, facts)
         # the budget sizes the epochs of the network and images actually chosen (user settings included)
         resolved.train.max_epochs = epochs_for_budget(resolved, n_pool(facts), n_train(facts),
                                                       Planner.MIN_BUDGET_EPOCHS, planned["train"]["max_epochs"])
     return Planned(source, manifest, facts, planned, resolved)
+
+
+def fit_side_to_budget(resolved: Config, planned: dict, tree: dict, facts: dict) -> None:
+    """One 2D model within a time budget: step the planned side down by
+    :attr:`Planner.SIDE_STEP` pixels while the budget affords fewer than
+    :attr:`Planner.MIN_EPOCHS_AT_SIDE` epochs, not below :attr:`Planner.MIN_BUDGET_SIDE`.
+    Leaves a side or epoch count the user set, volumes and the k-fold protocol alone.
+
+    Args:
+        resolved: the resolved configuration (``data.image_size`` changed in place).
+        planned: the planned tree (its ``data.image_size`` follows, for ``plan.json``).
+        tree: the user's settings.
+        facts: the fingerprint.
+    """
+    if resolved.model.spatial_dims != 2 or resolved.train.folds >= 2 or "image_size" in tree.get("data", {}):
+        return
+    side = min(resolved.data.image_size)
+    while side - Planner.SIDE_STEP >= Planner.MIN_BUDGET_SIDE and epochs_for_budget(
+            resolved, n_pool(facts), n_train(facts), 1, 10 ** 6) < Planner.MIN_EPOCHS_AT_SIDE:
+        side -= Planner.SIDE_STEP
+        resolved.data.image_size = [side, side]
+        planned["data"]["image_size"] = [side, side]
+        log.info("plan: %d px a side, so that the time budget affords %d epochs or more", side,
+                 Planner.MIN_EPOCHS_AT_SIDE)
 
 
 def n_train(facts: dict) -> int:
@@ -301,6 +329,18 @@ class Planner:
     thousand 224 px images train, are evaluated and explained within 20 minutes)."""
     MIN_BUDGET_EPOCHS = 8
     """Fewest epochs a time budget may plan."""
+    MIN_EPOCHS_AT_SIDE = 40
+    """2D, one model within a time budget: when the budget affords fewer epochs than this at
+    the planned side, the side steps down by :attr:`SIDE_STEP` (not below
+    :attr:`MIN_BUDGET_SIDE`) until it affords them: a network trained from scratch that is
+    still learning when the budget ends gains more from epochs than from pixels. Decided on
+    validation figures: ODIR fundus photographs (2876 training eyes, multi-label) planned at
+    224 px got 23 epochs and a validation macro ROC AUC of 0.739, still rising at the last
+    epoch; at 160 px, 46 epochs in the same budget reached 0.775 (mAP 0.36 -> 0.39)."""
+    SIDE_STEP = 32
+    """Pixels the side steps down by to fit :attr:`MIN_EPOCHS_AT_SIDE` into the budget."""
+    MIN_BUDGET_SIDE = 160
+    """Smallest side the budget may step a 2D plan down to, pixels."""
 
     def __init__(self, fp: dict) -> None:
         self.fp = fp
