@@ -160,8 +160,11 @@ def test_voxel_spacing_per_split_from_nifti_headers(tmp_path, capsys):
     assert json.loads(out.read_text())["spacing"]["train"]["distinct"] == 2
 
 
-def test_indexed_near_duplicate_search_equals_all_pairs():
+@pytest.mark.parametrize("pca_sample", [20000, 300], ids=["axes-from-all", "axes-from-a-sample"])
+def test_indexed_near_duplicate_search_equals_all_pairs(monkeypatch, pca_sample):
+    from medclf.inspect import duplicates
     from medclf.inspect.duplicates import near_duplicate_pairs_all
+    monkeypatch.setattr(duplicates, "PCA_SAMPLE", pca_sample)  # 300 of 1500: the large-set path
     rng = np.random.default_rng(3)
     base = np.stack([thumbnail(xray_like(rng)) for _ in range(200)])
     n = 1500  # look-alike blends of the bases, many pairs close to the thresholds

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 THUMB = 32
 MIN_CORRELATION = 0.97
 MAX_HASH_DISTANCE = 10
+PCA_SAMPLE = 20000  # thumbnails the projection's axes are fitted on
 
 
 def thumbnail(array: np.ndarray | torch.Tensor, size: int = THUMB) -> np.ndarray:
@@ -103,11 +104,18 @@ def near_duplicate_pairs(thumbs: np.ndarray, exclude: set[tuple[int, int]] | Non
         return []
     exclude = exclude or set()
     flat = np.asarray(thumbs, dtype=np.float32).reshape(n, -1)
-    unit = np.concatenate([_standardise(flat[i:i + 8192]).astype(np.float32)  # float64 only per chunk
-                           for i in range(0, n, 8192)])
-    k = min(components, n - 1, unit.shape[1])
-    projected = PCA(n_components=k, svd_solver="randomized", random_state=0).fit_transform(unit) \
-        if k >= 1 else unit
+
+    def unit(rows: slice | np.ndarray) -> np.ndarray:
+        return _standardise(flat[rows]).astype(np.float32)  # float64 only per chunk
+
+    k = min(components, n - 1, flat.shape[1])
+    # the principal axes from a sample, the projection chunk by chunk: no standardised copy of
+    # every thumbnail is held (memory stays flat in N); any orthonormal projection keeps the
+    # guarantee above, so the pairs found are the same
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, PCA_SAMPLE), replace=False))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(unit(sample)) if k >= 1 else None
+    projected = np.concatenate([pca.transform(unit(slice(i, i + 8192))) if pca is not None
+                                else unit(slice(i, i + 8192)) for i in range(0, n, 8192)])
     radius = float(np.sqrt(max(0.0, 2.0 * (1.0 - min_correlation)))) + 1e-3  # float32 slack
     tree = NearestNeighbors(radius=radius).fit(projected)
     hashes = np.stack([phash(t) for t in np.asarray(thumbs)])
