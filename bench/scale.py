@@ -205,7 +205,6 @@ def main() -> None:
               file=sys.stderr)
 
 
-
 def growth_of(runs: list[dict]) -> dict:
     """Each stage's time ratio between consecutive 2D sizes. A size run more than once (e.g.
     ``--n 10000 100000 10000``, before and after the large run, so that a drift of the

@@ -96,14 +96,15 @@ def fit_side_to_budget(resolved: Config, planned: dict, tree: dict, facts: dict)
     """
     if resolved.model.spatial_dims != 2 or resolved.train.folds >= 2 or "image_size" in tree.get("data", {}):
         return
-    side = min(resolved.data.image_size)
+    first = side = min(resolved.data.image_size)
     while side - Planner.SIDE_STEP >= Planner.MIN_BUDGET_SIDE and epochs_for_budget(
             resolved, n_pool(facts), n_train(facts), 1, 10 ** 6) < Planner.MIN_EPOCHS_AT_SIDE:
         side -= Planner.SIDE_STEP
         resolved.data.image_size = [side, side]
         planned["data"]["image_size"] = [side, side]
-        log.info("plan: %d px a side, so that the time budget affords %d epochs or more", side,
-                 Planner.MIN_EPOCHS_AT_SIDE)
+    if side != first:
+        log.info("plan: %d px a side instead of %d, so that the time budget buys more epochs (aim: %d)",
+                 side, first, Planner.MIN_EPOCHS_AT_SIDE)
 
 
 def n_train(facts: dict) -> int:

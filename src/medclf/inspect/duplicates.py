@@ -108,14 +108,13 @@ def near_duplicate_pairs(thumbs: np.ndarray, exclude: set[tuple[int, int]] | Non
     def unit(rows: slice | np.ndarray) -> np.ndarray:
         return _standardise(flat[rows]).astype(np.float32)  # float64 only per chunk
 
-    k = min(components, n - 1, flat.shape[1])
+    k = min(components, n - 1, flat.shape[1])  # >= 1: n >= 2 here
     # the principal axes from a sample, the projection chunk by chunk: no standardised copy of
     # every thumbnail is held (memory stays flat in N); any orthonormal projection keeps the
     # guarantee above, so the pairs found are the same
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, PCA_SAMPLE), replace=False))
-    pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(unit(sample)) if k >= 1 else None
-    projected = np.concatenate([pca.transform(unit(slice(i, i + 8192))) if pca is not None
-                                else unit(slice(i, i + 8192)) for i in range(0, n, 8192)])
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(unit(sample))
+    projected = np.concatenate([pca.transform(unit(slice(i, i + 8192))) for i in range(0, n, 8192)])
     radius = float(np.sqrt(max(0.0, 2.0 * (1.0 - min_correlation)))) + 1e-3  # float32 slack
     tree = NearestNeighbors(radius=radius).fit(projected)
     hashes = np.stack([phash(t) for t in np.asarray(thumbs)])
