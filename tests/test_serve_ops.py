@@ -130,3 +130,39 @@ def test_bad_service_settings_are_refused(runs_dir):
         create_app(runs_dir, backend="tensorrt")
     with pytest.raises(ConfigError, match="--max-batch"):
         create_app(runs_dir, max_batch=0)
+
+
+def test_uploads_are_decoded_by_at_most_one_thread_per_core(runs_dir, monkeypatch):
+    import threading
+
+    import httpx
+
+    import medclf.serve.app as app_module
+    decode = app_module._preprocess
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def counting(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for every request to be waiting at once
+        try:
+            return decode(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(app_module, "_preprocess", counting)
+    monkeypatch.setattr(app_module.os, "cpu_count", lambda: 2)
+    app = create_app(runs_dir, backend="torch", batch_window_ms=0, preload=False)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*(
+                client.post("/api/runs/tiny/predict", files={"file": (f"{i}.png", png("disk", i), "image/png")})
+                for i in range(6)))
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 6
+    assert most[0] == 2  # six requests waited together, two were decoded at a time

@@ -17,12 +17,16 @@ micro-batched (:mod:`medclf.serve.batching`); Grad-CAM always runs on PyTorch.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
+import anyio
 import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
@@ -125,6 +129,26 @@ ERRORS = {404: {"model": ErrorMessage, "description": "No such run (or the run h
           422: {"model": ErrorMessage, "description": "Not a supported image, a corrupt one, or a bad request."}}
 
 
+class _DecodeSlots:
+    """At most one decoding thread per core, per event loop (each test client runs its own).
+
+    Uploads are decoded in worker threads; with one per waiting request (AnyIO's default
+    pool has 40) they all share the cores at once and each finishes late, which stretches
+    the latency tail at the same throughput. A :class:`anyio.CapacityLimiter` of one slot
+    per core decodes them first come, first served.
+    """
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        loop = asyncio.get_running_loop()
+        if loop not in self._limiters:
+            self._limiters[loop] = anyio.CapacityLimiter(self.slots)
+        return self._limiters[loop]
+
+
 def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: str = "cpu",
                backend: str = "torch", batch_window_ms: float = 5.0, max_batch: int = 32,
                preload: bool = True) -> FastAPI:
@@ -155,6 +179,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
                      on_load=lambda name, kind, seconds: metrics.model_load.labels(name, kind).set(seconds),
                      on_batch=metrics.batch_size.observe)
     limit = int(max_upload_mb * 1_000_000)
+    decoding = _DecodeSlots(os.cpu_count() or 1)
     swagger = _swagger_ui_path()
 
     @contextlib.asynccontextmanager
@@ -254,7 +279,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
                       gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay (base64 PNG).")] = False):
         """Class probabilities of one image, with exactly the run's preprocessing."""
         loaded = await run_in_threadpool(store.model, run)
-        result = (await _predict(loaded, [file], gradcam))[0]
+        result = (await _predict(loaded, [file], gradcam, decoding))[0]
         return {"run": run, **result}
 
     @app.post("/api/runs/{run}/predict/batch", response_model=BatchResponse, responses=ERRORS,
@@ -265,7 +290,7 @@ def create_app(runs_dir: str | Path, max_upload_mb: float = 50.0, accelerator: s
         if len(files) > MAX_BATCH_FILES:
             raise HTTPException(422, f"{len(files)} files sent; at most {MAX_BATCH_FILES} per request")
         loaded = await run_in_threadpool(store.model, run)
-        return {"run": run, "results": await _predict(loaded, files, gradcam)}
+        return {"run": run, "results": await _predict(loaded, files, gradcam, decoding)}
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -329,13 +354,13 @@ class Guard:
         await self.app(scope, limited, with_headers)
 
 
-async def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool) -> list[dict]:
-    """Preprocess every upload (422 listing every bad file) in a worker thread, predict
+async def _predict(loaded: LoadedRun, files: list[UploadFile], gradcam: bool, decoding: _DecodeSlots) -> list[dict]:
+    """Preprocess every upload (422 listing every bad file) in a decoding thread, predict
     (through the micro-batcher when the store has one), add Grad-CAM (PyTorch)."""
     if not files:
         raise HTTPException(422, "no file uploaded")
     contents = [await upload.read() for upload in files]
-    images = await run_in_threadpool(_preprocess, loaded, files, contents)
+    images = await anyio.to_thread.run_sync(_preprocess, loaded, files, contents, limiter=decoding.limiter())
     if loaded.batcher is not None:
         probabilities = await loaded.batcher.submit(images.numpy())
     else:
