@@ -89,3 +89,22 @@ def test_3d_export_matches_pytorch_on_volumes(fmt, tmp_path):
     assert exported.metadata["spatial_dims"] == 3 and exported.metadata["input_shape"][2:] == [16, 16, 16]
     expected = predict_probabilities(load_model(run), images)
     assert np.abs(exported_probabilities(exported.path, fmt, images) - expected).max() <= 1e-4
+
+
+def test_an_ensemble_run_exports_its_members_averaged(tmp_path):
+    """A k-fold run exports one graph: its fold models and their averaging (the ensemble's
+    probabilities, not one member's)."""
+    from medclf.models.ensemble import Ensemble
+    data = make_dataset(tmp_path / "data", per_class=(12, 12))
+    run_dir = medclf.train(data, overrides=[*FAST, "train.folds=2", "train.fold_workers=1"], out=tmp_path / "runs",
+                           name="folds", progress=False).run_dir
+    run = rundir.load_run(run_dir)
+    ensemble = load_model(run)
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
+    images = torch.rand(3, 1, 32, 32)
+    expected = predict_probabilities(ensemble, images)
+    with torch.no_grad():
+        first_member = ensemble.members[0](images).softmax(1).numpy()
+    assert np.abs(first_member - expected).max() > 1e-3  # the members differ, so averaging shows
+    exported = export_run(run_dir, "onnx")
+    assert np.abs(exported_probabilities(exported.path, "onnx", images) - expected).max() <= 1e-4
