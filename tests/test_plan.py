@@ -44,7 +44,8 @@ def test_larger_images_are_shrunk_never_upsampled_and_keep_the_default_network(s
     assert cfg.model.filters == default.model.filters
     assert cfg.augment.flip_prob == default.augment.flip_prob
     assert cfg.augment.batched is True  # every 2D plan augments in batches (determine_protocol)
-    assert cfg.train.ema_epochs == 0.0 and cfg.train.max_epochs == default.train.max_epochs
+    assert cfg.train.ema_epochs == 0.0 and cfg.train.folds == 0
+    assert cfg.train.max_epochs == Planner.BUDGET_MAX_EPOCHS  # one model: its time budget decides, up to the cap
 
 
 @pytest.mark.parametrize("train, sampler, output_prior", [
