@@ -28,6 +28,7 @@ A quick check of the machinery (minutes, figures meaningless):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -248,8 +249,11 @@ def split_copy(results: Path, dataset: str, seed: int, overrides: list[str]) -> 
 
 def run_suite(datasets: list[Dataset], seeds: list[int] | None, overrides: list[str], results: Path,
               baseline: bool, baseline_epochs: int, note: str,
-              train=train_medclf, train_base=train_baseline) -> list[str]:
+              train=train_medclf, train_base=train_baseline, keep_runs: Path | None = None) -> list[str]:
     """Train every missing run and append its record; returns the failures (empty if none).
+
+    ``keep_runs``: a folder that keeps each medclf run directory (for later analysis), instead
+    of a temporary one.
 
     ``train`` and ``train_base`` are :func:`train_medclf` and :func:`train_baseline` (replaced in
     tests). A failed run is reported on stderr and not recorded, so the next call repeats it.
@@ -264,7 +268,9 @@ def run_suite(datasets: list[Dataset], seeds: list[int] | None, overrides: list[
             base_key = run_key({**base, "tool": "baseline", "epochs": baseline_epochs})
             kept = split_copy(results, dataset.name, seed, overrides)
             if medclf_key not in done:
-                with tempfile.TemporaryDirectory(prefix="medclf-bench-") as out:
+                kept_out = keep_runs / kept.stem if keep_runs else None
+                with contextlib.nullcontext(kept_out) if kept_out else \
+                        tempfile.TemporaryDirectory(prefix="medclf-bench-") as out:
                     try:
                         record, run_dir = train(dataset, seed, overrides, Path(out))
                     except RuntimeError as err:
@@ -575,6 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-epochs", type=int,
                         default=int(os.environ.get("MEDCLF_BENCH_BASELINE_EPOCHS", BASELINE_EPOCHS)),
                         help="baseline epochs (default 25, or $MEDCLF_BENCH_BASELINE_EPOCHS; fewer only for a smoke test)")
+    parser.add_argument("--keep-runs", type=Path, help="keep every medclf run directory under this folder")
     parser.add_argument("--note", default="", help="machine note stored with each run, e.g. 'quiet machine'")
     parser.add_argument("--docs", type=Path, default=DOCS, help="the page to write (default docs/benchmarks.md)")
     parser.add_argument("--render", action="store_true", help="only rewrite the page from the results file")
@@ -589,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.datasets:  # one JSON line as each dataset is done
             dataset = DATASETS[name]
             failures += run_suite([dataset], args.seeds, args.overrides, args.results, not args.no_baseline,
-                                  args.baseline_epochs, args.note)
+                                  args.baseline_epochs, args.note, keep_runs=args.keep_runs)
             summary = summarize(read_results(args.results), name, args.overrides, args.seeds or list(dataset.seeds))
             if summary:
                 print(json.dumps(summary), flush=True)
