@@ -239,3 +239,15 @@ def test_channel_difference_is_in_gray_levels_and_none_without_colour(tmp_path):
     assert channel_difference(str(tmp_path / "l.png")) is None  # stored in a gray mode
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     assert channel_difference(str(tmp_path / "bad.jpg")) is None
+
+
+@pytest.mark.parametrize("task, size, tta", [("multilabel", [512, 512], True), ("regression", [512, 512], False),
+                                             ("multilabel", [28, 28], False)])
+def test_multilabel_plans_predict_with_the_mirror_they_trained_with(task, size, tta):
+    """Multi-label photographs that train with left-right flips predict with them too; regression
+    and small images (no flips) predict in one pass."""
+    tree = plan_config(fp2d(size, BALANCED, task=task))
+    assert tree["data"]["task"] == task
+    assert tree["eval"]["tta"] is tta and (tree["augment"]["flip_prob"] > 0) is (size[0] > 28)
+    if tta:
+        assert tree["eval"]["tta_shift"] == 0.0

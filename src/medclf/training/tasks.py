@@ -98,13 +98,24 @@ def plan_task(cfg, fp: dict) -> None:
     """Planner decision for multilabel/regression fingerprints (``fp["task"]``): record
     ``data.task`` and set the loss, monitor and sampler of :data:`PLANNED` (class-balanced
     batches and class weights are classification ideas; per-finding ``pos_weight`` plays
-    their role in multilabel). Classification: unchanged."""
+    their role in multilabel). Classification: unchanged.
+
+    Multilabel 2D plans that train with left-right flips also predict with them
+    (``eval.tta``, the image and its mirror averaged, no shifts), as the k-fold
+    classification plan does. Decided on validation figures of ODIR fundus photographs, in
+    each of three runs (224, 160 and 128 px): macro ROC AUC +0.004, +0.009, +0.004 and mAP
+    +0.022, +0.019, +0.011. Regression keeps one pass: on bone age the mirror did not lower
+    the validation error (20.46 -> 20.61 months).
+    """
     task = fp.get("task", CLASSIFICATION)
     if task == CLASSIFICATION:
         return
     cfg.data.task = task
     for key, value in PLANNED[task].items():
         setattr(cfg.train, key, value)
+    if task == MULTILABEL and cfg.model.spatial_dims == 2 and cfg.augment.flip_prob > 0:
+        cfg.eval.tta = True
+        cfg.eval.tta_shift = 0.0
 
 
 def pos_weight(targets: torch.Tensor) -> torch.Tensor:
