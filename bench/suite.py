@@ -559,6 +559,9 @@ def render(records: list[dict], results: Path) -> str:
         section = render_section(side.latest(Path(results).parent / name))
         if section:
             parts.append(section)
+    tasks = side.render_tasks(Path(results).parent / "tasks.jsonl")
+    if tasks:
+        parts.append(tasks)
     absent = [name for name in DATASETS if name not in {d for d, _ in present}]
     if absent:
         parts.append("## Not measured yet\n\n" + "\n".join(

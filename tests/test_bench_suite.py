@@ -207,3 +207,44 @@ def test_the_page_shows_the_latest_scale_and_serve_records_beside_the_results(tm
     assert "| torch | 170.0 | 220.0 | 110.0 | 1.0 | 0 |" in service
     # no such files beside another results file: no sections
     assert "## Cost growth" not in suite.render(COVID, tmp_path / "elsewhere" / "results.jsonl")
+
+
+def _task_metrics(kind, good):
+    """A test_metrics.json of a multilabel or regression run (the keys bench/tasks.py reads)."""
+    if kind == "multilabel":
+        label = {"n_positive": 30, "roc_auc": 0.9, "average_precision": 0.6, "threshold": 0.4, "sensitivity": 0.8,
+                 "specificity": 0.7}
+        return {"n": 576, "macro_roc_auc": 0.81 if good else 0.79, "macro_roc_auc_ci": [0.78, 0.84],
+                "map": 0.5, "map_ci": [0.46, 0.55], "micro_roc_auc": 0.83, "baseline": {"map": 0.13},
+                "per_label": {"N": label, "D": {**label, "roc_auc": 0.7}}, "tta": True}
+    return {"n": 180, "mean_absolute_error": 14.4 if good else 17.0, "mean_absolute_error_ci": [12.7, 16.4],
+            "r2": 0.77, "r2_ci": [0.70, 0.82], "pearson_r": 0.88, "baseline": {"mean_absolute_error": 32.8},
+            "mae_ratio_to_baseline": (14.4 if good else 17.0) / 32.8, "interval": {"coverage": 0.92, "level": 0.9}}
+
+
+def test_the_page_shows_the_latest_task_runs_with_their_targets_and_per_finding_table(tmp_path):
+    records, tasks = _load("records"), _load("tasks")
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,val_map,val_roc_auc\n0,0.30,0.70\n1,0.41,0.77\n2,0.39,0.78\n")
+    assert tasks.best_validation(tmp_path, "val_map") == {"epoch": 1, "val_roc_auc": 0.77, "val_map": 0.41}
+    for name, kind in (("odir", "multilabel"), ("boneage", "regression")):
+        for good in (False, True):  # the later record of a task and seed is the one shown
+            record = {"task": name, "kind": kind, "seed": 42, "n_test": 9, "test": tasks.figures(kind, _task_metrics(kind, good)),
+                      "validation": {"epoch": 3, "val_roc_auc": 0.77, "val_map": 0.41, "val_mae": 17.8, "val_r2": 0.72},
+                      "image_size": [160, 160], "epochs_planned": 46, "tta": kind == "multilabel", "wall_s": 700.0,
+                      "train_command": f"medclf train {name}.csv"}
+            records.append(tmp_path / "tasks.jsonl", record, "quiet machine", "python bench/tasks.py --record")
+    page = suite.render(COVID, tmp_path / "results.jsonl")
+    odir = page.split("### odir, seed 42")[1].split("\n## ")[0].split("### ")[0]
+    assert "| macro ROC AUC | 0.77 | 0.810 | 0.780-0.840 | 0.5 | >= 0.80 | yes |" in odir
+    assert "| mAP | 0.41 | 0.500 | 0.460-0.550 | 0.130 (training prevalence) | > baseline | yes |" in odir
+    assert "| D | 30 | 0.700 | 0.600 | 0.40 | 0.80 | 0.70 |" in odir and "test-time mirror on" in odir
+    bone = page.split("### boneage, seed 42")[1].split("### ")[0]
+    assert "| mean absolute error, months | 17.8 | 14.40 | 12.70-16.40 | 32.80 (training mean) | " \
+           "<= half the baseline's | yes (ratio 0.439) |" in bone
+    # a failed target says so
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    record = {**record, "test": tasks.figures("regression", _task_metrics("regression", False))}
+    records.append(failing / "tasks.jsonl", record, "n", "c")
+    assert "| **no** (ratio 0.518) |" in suite.render(COVID, failing / "results.jsonl")
