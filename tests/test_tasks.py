@@ -166,3 +166,17 @@ def test_loss_and_monitor_must_fit_the_task(tmp_path):
     with pytest.raises(ConfigError, match="train.monitor=val_map is not logged for data.task=regression"):
         plan_run(str(csv), None, ["data.label_columns=[radius]", "train.monitor=val_map"])
     assert plan_run(str(csv), None, ["data.label_columns=[radius]", "train.loss=l1"]).config.train.loss == "l1"
+
+
+def test_finding_weights_follow_train_class_weights():
+    """'auto': negatives / positives per finding (clamped); 'none': ones; a list: as given."""
+    import torch
+
+    from medclf.errors import ConfigError
+    from medclf.training.tasks import pos_weight
+    targets = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]])  # 1, 0 and 3 positives of 4
+    assert pos_weight(targets).tolist() == pytest.approx([3.0, 4.0, 1 / 3])  # no positive: as if one
+    assert pos_weight(targets, "none").tolist() == [1.0, 1.0, 1.0]
+    assert pos_weight(targets, [2.0, 1.0, 0.5]).tolist() == [2.0, 1.0, 0.5]
+    with pytest.raises(ConfigError, match="2 weights given for 3 findings"):
+        pos_weight(targets, [1.0, 1.0])

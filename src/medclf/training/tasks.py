@@ -37,7 +37,7 @@ log = logging.getLogger("medclf")
 CLASSIFICATION, MULTILABEL, REGRESSION = "classification", "multilabel", "regression"
 LOSSES = {CLASSIFICATION: ("cross_entropy",), MULTILABEL: ("bce",), REGRESSION: ("l1", "huber", "mse")}
 PLANNED = {  # train.* settings planned per task (classification: the planner's own choices)
-    MULTILABEL: {"loss": "bce", "monitor": "val_map", "sampler": "shuffle", "class_weights": "none",
+    MULTILABEL: {"loss": "bce", "monitor": "val_map", "sampler": "shuffle", "class_weights": "auto",
                  "label_smoothing": 0.0, "output_prior": "balanced"},
     REGRESSION: {"loss": "l1", "monitor": "val_mae", "sampler": "shuffle", "class_weights": "none",
                  "label_smoothing": 0.0, "output_prior": "balanced"},
@@ -118,9 +118,22 @@ def plan_task(cfg, fp: dict) -> None:
         cfg.eval.tta_shift = 0.0
 
 
-def pos_weight(targets: torch.Tensor) -> torch.Tensor:
-    """Per-finding positive weights ``(K,)`` = negatives / positives in training targets ``(N, K)``
-    (clamped to [0.1, 100]), the ``pos_weight`` of ``BCEWithLogitsLoss``."""
+def pos_weight(targets: torch.Tensor, setting="auto") -> torch.Tensor:
+    """Per-finding positive weights ``(K,)``, the ``pos_weight`` of ``BCEWithLogitsLoss``, from
+    ``train.class_weights``: 'auto', negatives / positives in training targets ``(N, K)``
+    (clamped to [0.1, 100]); 'none', ones (every image counts the same); a list, one weight
+    per finding.
+
+    Raises:
+        ConfigError: a list whose length is not the number of findings.
+    """
+    k = targets.shape[1]
+    if setting == "none":
+        return torch.ones(k)
+    if isinstance(setting, (list, tuple)):
+        if len(setting) != k:
+            raise ConfigError(f"train.class_weights: {len(setting)} weights given for {k} findings")
+        return torch.as_tensor(setting, dtype=torch.float32)
     positives = targets.float().sum(dim=0)
     negatives = len(targets) - positives
     return (negatives / positives.clamp(min=1)).clamp(0.1, 100.0)
@@ -209,7 +222,8 @@ def build_module(network, manifest, cfg, train_targets: torch.Tensor):
     task = manifest.task
     check_loss(task, cfg.train.loss, cfg.train.monitor)
     if task == MULTILABEL:
-        return MultilabelModule(network, manifest.num_classes, cfg.train, pos_weight(train_targets))
+        return MultilabelModule(network, manifest.num_classes, cfg.train,
+                                pos_weight(train_targets, cfg.train.class_weights))
     if task == REGRESSION:
         return RegressionModule(network, cfg.train, target_scale(train_targets.numpy()))
     weights = class_weights(train_targets, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
