@@ -248,6 +248,7 @@ def test_multilabel_plans_predict_with_the_mirror_they_trained_with(task, size, 
     and small images (no flips) predict in one pass."""
     tree = plan_config(fp2d(size, BALANCED, task=task))
     assert tree["data"]["task"] == task
+    assert tree["train"]["class_weights"] == "none"  # multilabel: no positive weights (thresholds come from validation)
     assert tree["eval"]["tta"] is tta and (tree["augment"]["flip_prob"] > 0) is (size[0] > 28)
     if tta:
         assert tree["eval"]["tta_shift"] == 0.0
