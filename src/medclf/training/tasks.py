@@ -97,9 +97,8 @@ def task_facts(manifest) -> dict:
 
 def plan_task(cfg, fp: dict) -> None:
     """Planner decision for multilabel/regression fingerprints (``fp["task"]``): record
-    ``data.task`` and set the loss, monitor and sampler of :data:`PLANNED` (class-balanced
-    batches and class weights are classification ideas; per-finding ``pos_weight`` plays
-    their role in multilabel). Classification: unchanged.
+    ``data.task`` and set the loss, monitor, sampler and weights of :data:`PLANNED`
+    (class-balanced batches are a classification idea). Classification: unchanged.
 
     Multilabel plans weigh every image the same (``train.class_weights='none'``: no positive
     weight per finding). The per-finding thresholds are chosen on validation anyway, so
