@@ -4,13 +4,15 @@ sections of ``docs/benchmarks.md`` (rendered by ``bench/suite.py``).
 
 Each script appends its JSON line, with the date and a machine note, to its own JSON-lines
 file in ``bench/`` (``scale.jsonl``, ``serve.jsonl``, ``tasks.jsonl``); the page shows the
-latest line of each (of each task and seed for ``tasks.jsonl``), so a figure quoted
-anywhere can be traced to the command and the run that gave it.
+latest line of ``scale.jsonl``, every line of the latest day of ``serve.jsonl`` and the latest
+line of each task and seed of ``tasks.jsonl``, so a figure quoted anywhere can be traced to
+the command and the run that gave it.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import subprocess
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -22,10 +24,21 @@ SERVE_SETTINGS = ("torch", "torch_batched", "onnx", "onnx_batched", "torch_gradc
 
 
 def append(path: Path, record: dict, note: str, command: str) -> None:
-    """Add ``record`` with today's date, ``note`` and ``command`` as one line of ``path``."""
-    line = {"date": datetime.date.today().isoformat(), "note": note, "command": command, **record}
+    """Add ``record`` with today's date, ``note``, ``command`` and the checked-out commit as one
+    line of ``path``."""
+    line = {"date": datetime.date.today().isoformat(), "note": note, "command": command, "commit": _commit(),
+            **record}
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(line) + "\n")
+
+
+def _commit() -> str | None:
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
 
 
 def latest(path: Path) -> dict | None:
@@ -38,7 +51,8 @@ def latest(path: Path) -> dict | None:
 
 def _context(record: dict) -> str:
     note = f", {record['note']}" if record.get("note") else ""
-    return f"Measured {record.get('date', '?')}{note}: `{record.get('command', '')}`.\n"
+    commit = f" (medclf commit {record['commit']})" if record.get("commit") else ""
+    return f"Measured {record.get('date', '?')}{note}: `{record.get('command', '')}`{commit}.\n"
 
 
 def render_scale(record: dict | None) -> str:
@@ -63,23 +77,33 @@ def render_scale(record: dict | None) -> str:
               "peak resident memory of the training process.\n\n" + "".join(rows) + "".join(growth))
 
 
-def render_serve(record: dict | None) -> str:
-    """The "Service" section from a ``bench/serve.py`` record ('' without one)."""
-    if not record:
+def render_serve(found: list[dict]) -> str:
+    """The "Service" section from ``bench/serve.py`` records: every run of the latest day
+    ('' without any), so that runs of the same code in different conditions are all shown."""
+    if not found:
         return ""
-    rows = ["| Setting | p50, ms | p95, ms | Requests/s | Ratio to torch | Errors |\n",
-            "| --- | --- | --- | --- | --- | --- |\n"]
-    for key in SERVE_SETTINGS:
-        if key in record:
-            r = record[key]
-            rows.append(f"| {key} | {r['p50_ms']} | {r['p95_ms']} | {r['requests_per_s']} | "
-                        f"{record['ratios'].get(key, '')} | {r['errors']} |\n")
-    return ("## Service (`bench/serve.py`)\n\n" + _context(record)
-            + f"\n{record.get('clients')} concurrent clients on the same machine, {record.get('requests_per_mode')} "
-              f"requests per setting, model {record.get('model')} at {record.get('image_size')} px, uploads of "
-              f"{record.get('upload_kb_median')} KB (median). `_batched`: micro-batching (5 ms window, at most "
-              "32 images). `http_floor`: a bare FastAPI upload endpoint (no decoding, no model) under the same "
-              "load, the floor that the HTTP path and the clients on the same cores set.\n\n" + "".join(rows))
+    day = found[-1].get("date")
+    shown = [r for r in found if r.get("date") == day]
+    first = shown[-1]
+    parts = ["## Service (`bench/serve.py`)\n\n"
+             f"{first.get('clients')} concurrent clients on the same machine, {first.get('requests_per_mode')} "
+             f"requests per setting, model {first.get('model')} at {first.get('image_size')} px, uploads of "
+             f"{first.get('upload_kb_median')} KB (median). `_batched`: micro-batching (5 ms window, at most "
+             "32 images). `http_floor`: a bare FastAPI upload endpoint (no decoding, no model) under the same "
+             "load, the floor that the HTTP path and the clients on the same cores set. "
+             f"{'Every run of the day is shown, in order, each with its note' if len(shown) > 1 else 'One run'}: "
+             "absolute figures change when the machine itself runs slower (compare the `http_floor` rows); "
+             "the ratios are measured within each run.\n"]
+    for number, record in enumerate(shown, 1):
+        rows = ["| Setting | p50, ms | p95, ms | Requests/s | Ratio to torch | Errors |\n",
+                "| --- | --- | --- | --- | --- | --- |\n"]
+        for key in SERVE_SETTINGS:
+            if key in record:
+                r = record[key]
+                rows.append(f"| {key} | {r['p50_ms']} | {r['p95_ms']} | {r['requests_per_s']} | "
+                            f"{record['ratios'].get(key, '')} | {r['errors']} |\n")
+        parts.append(f"\n### Run {number}\n\n" + _context(record) + "\n" + "".join(rows))
+    return "".join(parts)
 
 
 def all_records(path: Path) -> list[dict]:

@@ -555,11 +555,12 @@ def render(records: list[dict], results: Path) -> str:
         parts.append(render_dataset(summary, list(latest.values())))
     # the cost benchmarks' latest records, when this results file has them beside it
     side = records_module()
-    for render_section, name in ((side.render_scale, "scale.jsonl"), (side.render_serve, "serve.jsonl")):
-        section = render_section(side.latest(Path(results).parent / name))
+    beside = Path(results).parent
+    for section in (side.render_scale(side.latest(beside / "scale.jsonl")),
+                    side.render_serve(side.all_records(beside / "serve.jsonl"))):
         if section:
             parts.append(section)
-    tasks = side.render_tasks(Path(results).parent / "tasks.jsonl")
+    tasks = side.render_tasks(beside / "tasks.jsonl")
     if tasks:
         parts.append(tasks)
     absent = [name for name in DATASETS if name not in {d for d, _ in present}]

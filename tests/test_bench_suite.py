@@ -197,6 +197,8 @@ def test_the_page_shows_the_latest_scale_and_serve_records_beside_the_results(tm
              "onnx_batched": {"p50_ms": 110.0, "p95_ms": 150.0, "requests_per_s": 165.0, "errors": 0},
              "ratios": {"torch": 1.0, "onnx_batched": 1.5}}
     records.append(tmp_path / "serve.jsonl", serve, "quiet machine", "python bench/serve.py --record")
+    slower = {**serve, "onnx_batched": {**serve["onnx_batched"], "p95_ms": 190.0}}
+    records.append(tmp_path / "serve.jsonl", slower, "slow phase", "python bench/serve.py")
     page = suite.render(COVID, tmp_path / "results.jsonl")
     growth = page.split("## Cost growth (`bench/scale.py`)")[1].split("\n## ")[0]
     assert "`python bench/scale.py --n 10000`" in growth and "quiet machine" in growth  # the latest record
@@ -205,6 +207,9 @@ def test_the_page_shows_the_latest_scale_and_serve_records_beside_the_results(tm
     service = page.split("## Service (`bench/serve.py`)")[1].split("\n## ")[0]
     assert "| onnx_batched | 110.0 | 150.0 | 165.0 | 1.5 | 0 |" in service
     assert "| torch | 170.0 | 220.0 | 110.0 | 1.0 | 0 |" in service
+    # every run of the day is shown, in order, each with its own note
+    assert service.index("### Run 1") < service.index("quiet machine") < service.index("### Run 2") \
+        < service.index("slow phase") < service.index("| onnx_batched | 110.0 | 190.0 | 165.0 | 1.5 | 0 |")
     # no such files beside another results file: no sections
     assert "## Cost growth" not in suite.render(COVID, tmp_path / "elsewhere" / "results.jsonl")
 
