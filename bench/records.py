@@ -84,11 +84,11 @@ def render_serve(found: list[dict]) -> str:
         return ""
     day = found[-1].get("date")
     shown = [r for r in found if r.get("date") == day]
-    first = shown[-1]
+    newest = shown[-1]
     parts = ["## Service (`bench/serve.py`)\n\n"
-             f"{first.get('clients')} concurrent clients on the same machine, {first.get('requests_per_mode')} "
-             f"requests per setting, model {first.get('model')} at {first.get('image_size')} px, uploads of "
-             f"{first.get('upload_kb_median')} KB (median). `_batched`: micro-batching (5 ms window, at most "
+             f"{newest.get('clients')} concurrent clients on the same machine, {newest.get('requests_per_mode')} "
+             f"requests per setting, model {newest.get('model')} at {newest.get('image_size')} px, uploads of "
+             f"{newest.get('upload_kb_median')} KB (median). `_batched`: micro-batching (5 ms window, at most "
              "32 images). `http_floor`: a bare FastAPI upload endpoint (no decoding, no model) under the same "
              "load, the floor that the HTTP path and the clients on the same cores set. "
              f"{'Every run of the day is shown, in order, each with its note' if len(shown) > 1 else 'One run'}: "
