@@ -26,13 +26,14 @@ SERVE_SETTINGS = ("torch", "torch_batched", "onnx", "onnx_batched", "torch_gradc
 def append(path: Path, record: dict, note: str, command: str) -> None:
     """Add ``record`` with today's date, ``note``, ``command`` and the checked-out commit as one
     line of ``path``."""
-    line = {"date": datetime.date.today().isoformat(), "note": note, "command": command, "commit": _commit(),
+    line = {"date": datetime.date.today().isoformat(), "note": note, "command": command, "commit": commit(),
             **record}
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(line) + "\n")
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
+    """The short hash of the checked-out commit, None outside a git checkout."""
     try:
         found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True,
                                timeout=10)
@@ -43,10 +44,8 @@ def _commit() -> str | None:
 
 def latest(path: Path) -> dict | None:
     """The last record of a JSON-lines file, None when there is none."""
-    if not path.is_file():
-        return None
-    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return json.loads(lines[-1]) if lines else None
+    found = all_records(path)
+    return found[-1] if found else None
 
 
 def _context(record: dict) -> str:

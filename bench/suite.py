@@ -157,11 +157,7 @@ def _figures(metrics: dict | None) -> dict | None:
 
 def machine(note: str) -> dict:
     """The facts about where and when a run was measured that go into every record."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = records_module().commit()
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "cpu_count": os.cpu_count(), "note": note, "commit": commit,
             "command": "python bench/suite.py " + shlex.join(sys.argv[1:])}
