@@ -111,6 +111,23 @@ def test_contrast_steps_match_skimage(dims):
     np.testing.assert_allclose(equalized[0], exposure.equalize_hist(image[0], nbins=64) * 255, rtol=1e-5)
 
 
+def test_local_contrast_evens_out_illumination_and_keeps_small_spots():
+    """Graham's step: a dark-to-bright illumination ramp becomes mid-grey everywhere, while a
+    small bright spot on the dark side stays brighter than its surroundings."""
+    rows, cols = np.mgrid[0:120, 0:120]
+    image = (40 + 1.5 * cols).astype(np.float32)  # illumination from 40 to 218
+    image[58:62, 18:22] += 30  # a 4-pixel lesion on the dark side
+    out = apply_steps(image[None], steps({"name": "local_contrast"}), full_scale=255)[0]
+    expected = np.clip(127.5 + 4 * (image - filters.gaussian(image, sigma=2.0, preserve_range=True)), 0, 255)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)  # sigma: 1/60 of the 120-pixel side
+    inner = out[10:-10, 10:-10].copy()
+    inner[40:60, 0:20] = 127.5  # the lesion and its halo (3 sigma)
+    assert np.abs(inner - 127.5).max() < 1.0  # the ramp is gone
+    assert out[58:62, 18:22].mean() > 127.5 + 50  # the lesion is not
+    ramp = image[10:-10, 10:-10]
+    assert ramp.max() - ramp.min() > 100
+
+
 @pytest.mark.parametrize("entry, words", [
     ({"name": "blur"}, ["preprocess.steps.1", "'blur'", "opening"]),
     ({"name": "opening", "radius": -3}, ["preprocess.steps.1.opening.radius", "greater than or equal to 1"]),

@@ -127,6 +127,7 @@ DECISIONS = {
     "determine_tta": fp3d([28, 28, 28], BALANCED),
     "determine_image_size": fp2d([100, 120], BALANCED),
     "determine_channels": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
+    "determine_contrast": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_protocol": fp2d([1500, 1600], {"a": 100, "b": 100}),
     "determine_small_image_network": fp2d([28, 28], BALANCED),
     "determine_small_image_augmentation": fp2d([28, 28], BALANCED),
@@ -167,6 +168,16 @@ def test_a_subclass_changing_one_constant_changes_the_plan(constant, value, fp, 
     planned = Planner(fp).plan().to_dict()[section][key]
     changed = type("Custom", (Planner,), {constant: value})(fp).plan().to_dict()[section][key]
     assert changed == expected != planned
+
+
+@pytest.mark.parametrize("colour_fraction, steps", [(1.0, ["local_contrast"]), (0.0, [])])
+def test_colour_photographs_get_the_local_contrast_step_and_grayscale_images_none(colour_fraction, steps):
+    fp = fp2d([224, 224], {"a": 3000, "b": 1000}, colour_fraction=colour_fraction)
+    planned = plan_config(fp)
+    assert [step["name"] for step in planned["preprocess"]["steps"]] == steps
+    custom = type("Custom", (Planner,), {"COLOUR_STEPS": ({"name": "clahe", "clip_limit": 0.02},)})(fp).plan()
+    assert [(s.name, getattr(s, "clip_limit", None)) for s in custom.preprocess.steps] == \
+        ([("clahe", 0.02)] if steps else [])
 
 
 def test_planner_source_quotes_no_test_split_figures():

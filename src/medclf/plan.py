@@ -264,6 +264,8 @@ class Planner:
     """2D: images are resized to at most this many pixels a side (never upsampled)."""
     COLOUR_SHARE = 0.5
     """2D: share of colour images (among those stored in colour) from which images are planned as RGB."""
+    COLOUR_STEPS = ({"name": "local_contrast"},)
+    """2D colour photographs: ``preprocess.steps`` (see :meth:`Planner.determine_contrast`)."""
     SMALL_IMAGE_SIDE = 96
     """2D: images with a planned side below this get the small-image network, augmentation and training."""
     SMALL_FILTERS = (16, 32, 64)
@@ -381,6 +383,7 @@ class Planner:
             return cfg
         self.determine_image_size(cfg)
         self.determine_channels(cfg)
+        self.determine_contrast(cfg)
         self.determine_protocol(cfg)
         self.determine_normalization(cfg)
         self.determine_small_image_network(cfg)
@@ -502,6 +505,26 @@ class Planner:
         """
         if (self.fp.get("colour_fraction") or 0.0) >= self.COLOUR_SHARE:
             cfg.data.in_channels = 3
+
+    def determine_contrast(self, cfg: Config) -> None:
+        """``preprocess.steps`` of 2D colour photographs (planned RGB by
+        :meth:`determine_channels`): :attr:`COLOUR_STEPS`, the subtraction of the local average
+        colour (``local_contrast``, Graham's preprocessing of fundus photographs, Kaggle
+        Diabetic Retinopathy Detection 2015), which evens out illumination and camera colour
+        so that small lesions stand out to a network trained from scratch. Grayscale images
+        keep no steps.
+
+        Decided on validation figures: ODIR fundus photographs (2876 training eyes,
+        multi-label, 160 px, seed 42's patient-grouped split) reached a validation macro
+        ROC AUC of 0.782 (mAP 0.431) without a step, 0.806 (0.471) with CLAHE and 0.815 (0.493)
+        with ``local_contrast``. It is the only colour set of the suite, so the rule is kept
+        to colour photographs.
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if cfg.data.in_channels == 3:
+            cfg.preprocess.steps = [dict(step) for step in self.COLOUR_STEPS]
 
     def determine_protocol(self, cfg: Config) -> None:
         """The small-data protocol and the time budget of 2D training.
