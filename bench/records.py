@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def render_tasks(path: Path) -> str:
              "Issue 23's datasets trained with the default settings, one run per seed (its command below). "
              "Validation: the monitored figure at the epoch the checkpoint was chosen at (one pass, as training measured it). Test: with 95 % "
              "bootstrap intervals, beside the baseline the issue names.\n"]
+    parts.append(_task_summary(latest_of))
     for (task, seed), r in sorted(latest_of.items()):
         test, validation = r["test"], r["validation"]
         parts.append(f"\n### {task}, seed {seed}\n\n" + _context(r)
@@ -158,6 +160,35 @@ def render_tasks(path: Path) -> str:
                 f"| Pearson r | | {test['pearson_r']:.3f} | | | | |\n"
                 f"| {test['interval_level']:.0%} interval coverage | | {test['interval_coverage']:.3f} | | | | |\n")
     return "".join(parts)
+
+
+def _task_summary(latest_of: dict) -> str:
+    """Mean and range over seeds of each task's headline figures (the latest record per seed);
+    a target is met when the mean meets it (the MAE ratio and the mAP margin on every seed)."""
+    rows = []
+    for task in sorted({task for task, _ in latest_of}):
+        runs = [r for (t, _), r in sorted(latest_of.items()) if t == task]
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        if runs[0]["kind"] == "multilabel":
+            figures = [("macro ROC AUC", "val_roc_auc", lambda t: t["macro_roc_auc"], ">= 0.80 (mean)",
+                        lambda values, _: statistics.mean(values) >= 0.80),
+                       ("mAP", "val_map", lambda t: t["map"], "> training prevalence (every seed)",
+                        lambda values, rs: all(v > r["test"]["baseline_map"] for v, r in zip(values, rs)))]
+        else:
+            figures = [("mean absolute error / baseline's", None, lambda t: t["mae_ratio_to_baseline"],
+                        "<= 0.5 (every seed)", lambda values, _: max(values) <= 0.5),
+                       ("mean absolute error, months", "val_mae", lambda t: t["mean_absolute_error"], "", None)]
+        for name, key, get, target, met in figures:
+            values = [get(r["test"]) for r in runs]
+            val = [r["validation"][key] for r in runs if key and r["validation"].get(key) is not None]
+            rows.append(f"| {task} | {seeds} | {name} | {statistics.mean(val):.3f} | " if val else
+                        f"| {task} | {seeds} | {name} | | ")
+            rows[-1] += (f"{statistics.mean(values):.3f} | {min(values):.3f}-{max(values):.3f} | {target} | "
+                         f"{_met(met(values, runs)) if met else ''} |\n")
+    return ("\n### Over seeds\n\nMean over the seeds (latest run of each), validation beside test; "
+            "the range is the lowest and highest seed.\n\n"
+            "| Task | Seeds | Figure | Validation mean | Test mean | Test min-max | Target (issue 23) | Met |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "".join(rows))
 
 
 def _met(ok: bool) -> str:
