@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -245,8 +246,13 @@ def split_copy(results: Path, dataset: str, seed: int, overrides: list[str]) -> 
 
 def run_suite(datasets: list[Dataset], seeds: list[int] | None, overrides: list[str], results: Path,
               baseline: bool, baseline_epochs: int, note: str,
-              train=train_medclf, train_base=train_baseline, keep_runs: Path | None = None) -> list[str]:
+              train=train_medclf, train_base=train_baseline, keep_runs: Path | None = None,
+              refresh: bool = False) -> list[str]:
     """Train every missing run and append its record; returns the failures (empty if none).
+
+    ``refresh``: also train again each medclf run whose latest record was made at another
+    commit than the working tree's (after a change of the defaults; the new record is the one
+    shown, and an interrupted refresh resumes where it stopped). Baseline records are kept.
 
     ``keep_runs``: a folder that keeps each medclf run directory (for later analysis), instead
     of a temporary one.
@@ -255,9 +261,14 @@ def run_suite(datasets: list[Dataset], seeds: list[int] | None, overrides: list[
     tests). A failed run is reported on stderr and not recorded, so the next call repeats it.
     """
     failures = []
+    now = records_module().commit() if refresh else None
     for dataset in datasets:
         for seed in seeds or dataset.seeds:
-            done = {run_key(r) for r in read_results(results)}
+            recorded = read_results(results)
+            done = {run_key(r) for r in recorded}
+            if refresh:  # a medclf run counts as done only when its latest record is of this commit
+                latest = {run_key(r): r.get("commit") for r in recorded if r["tool"] == "medclf"}
+                done -= {key for key, commit in latest.items() if commit != now}
             base = {"dataset": dataset.name, "seed": seed, "overrides": list(overrides)}
             medclf_key = run_key({**base, "tool": "medclf"})
             want_baseline = baseline and dataset.baseline
@@ -531,8 +542,9 @@ defaults' and shown in a section of their own, and it is compared on its validat
 """
 
 
+@functools.cache
 def records_module():
-    """``bench/records.py`` (the cost benchmarks' records), loaded by path: bench/ is no package."""
+    """``bench/records.py`` (the cost benchmarks' records), loaded by path once: bench/ is no package."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench_records", Path(__file__).resolve().parent / "records.py")
     module = importlib.util.module_from_spec(spec)
@@ -585,6 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="machine note stored with each run, e.g. 'quiet machine'")
     parser.add_argument("--docs", type=Path, default=DOCS, help="the page to write (default docs/benchmarks.md)")
     parser.add_argument("--render", action="store_true", help="only rewrite the page from the results file")
+    parser.add_argument("--refresh", action="store_true",
+                        help="train again the medclf runs last recorded at another commit (a changed default)")
     return parser.parse_args(argv)
 
 
@@ -596,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.datasets:  # one JSON line as each dataset is done
             dataset = DATASETS[name]
             failures += run_suite([dataset], args.seeds, args.overrides, args.results, not args.no_baseline,
-                                  args.baseline_epochs, args.note, keep_runs=args.keep_runs)
+                                  args.baseline_epochs, args.note, keep_runs=args.keep_runs, refresh=args.refresh)
             summary = summarize(read_results(args.results), name, args.overrides, args.seeds or list(dataset.seeds))
             if summary:
                 print(json.dumps(summary), flush=True)

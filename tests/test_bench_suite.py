@@ -149,6 +149,18 @@ def test_interrupted_suite_resumes_without_repeating_runs(tmp_path, monkeypatch)
     assert calls == []  # everything done
     suite.run_suite([covid], [0], [], results, True, 2, "", train=fake_train, train_base=fake_baseline)
     assert calls == [("baseline", "covid19-seed0.csv", 0)]  # other baseline epochs: another run
+    # --refresh: the medclf runs recorded at another commit are trained again, once; baselines are kept
+    records_module = suite.records_module()
+    monkeypatch.setattr(records_module, "commit", lambda: "newcommit")
+    calls.clear()
+    suite.run_suite([covid], [0, 1], [], results, True, 25, "", train=fake_train, train_base=fake_baseline,
+                    refresh=True)
+    assert calls == [("medclf", "covid19", 0), ("medclf", "covid19", 1)]
+    assert [r["commit"] for r in suite.read_results(results)[-2:]] == ["newcommit", "newcommit"]
+    calls.clear()
+    suite.run_suite([covid], [0, 1], [], results, True, 25, "", train=fake_train, train_base=fake_baseline,
+                    refresh=True)
+    assert calls == []
 
 
 def test_baseline_cnn_trains_on_a_split_csv_of_npz_items(tmp_path):

@@ -15,7 +15,7 @@ from medclf.data.preprocess import preprocess_all
 from medclf.errors import ConfigError
 from medclf.evaluation.predict import load_model
 from medclf.models import create_model
-from medclf.models.prior import apply_output_prior, logit_shift, trained_prior
+from medclf.models.prior import apply_output_prior, fit_output_bias, logit_shift, trained_prior
 from medclf.plan import plan_config
 
 from conftest import make_dataset
@@ -93,3 +93,76 @@ def test_training_predict_and_evaluate_agree_on_shifted_outputs(tmp_path):
     expected = p_balanced * counts
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(p_shifted, expected, atol=1e-5)
+
+
+def _validation(n=400, offset=0.0, prevalence_logit=0.0, seed=0):
+    """Binary validation set drawn from a known model: true logit z ~ N(prevalence_logit, 2),
+    label ~ Bernoulli(sigmoid(z)); the reported probabilities use z + offset."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(prevalence_logit, 2.0, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    p = 1 / (1 + np.exp(-(z + offset)))
+    return np.stack([1 - p, p], axis=1), labels, z
+
+
+def test_output_bias_leaves_a_calibrated_network_alone():
+    probabilities, labels, _ = _validation()
+    counts = np.bincount(labels) * 5  # the training split shows the validation's prevalence
+    fitted = fit_output_bias(probabilities, labels, counts, TrainConfig(output_prior="training"))
+    assert fitted["shift"] is None and fitted["p_value"] > 0.05 and fitted["n"] == 400
+
+
+def test_output_bias_undoes_an_offset_that_validation_shows():
+    probabilities, labels, z = _validation(offset=2.0)  # calls far too many images positive
+    counts = np.bincount(labels) * 5
+    fitted = fit_output_bias(probabilities, labels, counts, TrainConfig(output_prior="training"))
+    assert fitted["p_value"] < 1e-6
+    assert fitted["shift"] == pytest.approx([1.0, -1.0], abs=0.3)  # -2 on the positive logit, centred
+    log_p = np.log(probabilities) + fitted["shift"]
+    accuracy = ((log_p[:, 1] > log_p[:, 0]) == labels).mean()
+    assert accuracy == pytest.approx(((z > 0) == labels).mean(), abs=0.02)
+    assert accuracy > ((probabilities[:, 1] > 0.5) == labels).mean() + 0.05
+    # the fit maximises the likelihood: no bias on a grid does better
+    def nll(b):
+        q = 1 / (1 + np.exp(-(np.log(probabilities[:, 1] / probabilities[:, 0]) + b)))
+        return -np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q))
+    found = fitted["shift"][1] - fitted["shift"][0]
+    assert nll(found) <= min(nll(b) for b in np.linspace(-4, 4, 801)) + 1e-6
+
+
+def test_output_bias_converts_to_the_balanced_prior():
+    """Outputs calibrated to a 1-in-5 prevalence, while train.output_prior asks for a balanced
+    prior: the kept shift is log(0.5 / 0.8), log(0.5 / 0.2), centred."""
+    probabilities, labels, _ = _validation(n=2000, prevalence_logit=-2.0, seed=1)
+    prevalence = labels.mean()
+    counts = np.bincount(labels) * 5
+    fitted = fit_output_bias(probabilities, labels, counts, TrainConfig(output_prior="balanced"))
+    half = np.log((1 - prevalence) / prevalence) / 2
+    assert fitted["shift"] == pytest.approx([-half, half], abs=0.15)
+
+
+def test_a_kept_output_bias_is_stored_and_applied_by_every_later_load(tmp_path, monkeypatch):
+    import medclf.commands.train as train_command
+    fitted = {"shift": [0.7, -0.7], "likelihood_ratio": 30.0, "p_value": 1e-7, "n": 8}
+    monkeypatch.setattr(train_command, "fit_output_bias", lambda *args, **kwargs: dict(fitted))
+    root = make_dataset(tmp_path / "d", per_class=(12, 12))
+    common = ["train.max_epochs=1", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
+              "eval.bootstrap=0", "train.folds=0"]
+    run = medclf.train(root, overrides=common, out=tmp_path / "runs", name="r", progress=False).run_dir
+    assert json.loads((run / rundir.DATASET).read_text())["output_bias"] == [0.7, -0.7]
+    assert json.loads((run / "test_metrics.json").read_text())["output_bias"]["p_value"] == 1e-7
+    loaded = rundir.load_run(run)
+    assert loaded.config.train.output_bias == "validation"
+    predictions = pd.read_csv(run / "predictions.csv")
+    columns = [f"prob_{n}" for n in loaded.class_names]
+    fresh = medclf.predict(run, list(predictions.path))
+    np.testing.assert_allclose(fresh[columns].to_numpy(), predictions[columns].to_numpy(), atol=1e-5)
+    # the stored shift is what separates them from the run's outputs without it
+    facts = json.loads((run / rundir.DATASET).read_text())
+    del facts["output_bias"]
+    (run / rundir.DATASET).write_text(json.dumps(facts))
+    images = torch.from_numpy(np.stack(preprocess_all(list(predictions.path), loaded.config)[0]))
+    with torch.no_grad():
+        without = load_model(rundir.load_run(run))(images).log_softmax(1).numpy()
+    expected = torch.from_numpy(without + np.array([0.7, -0.7])).softmax(1).numpy()
+    np.testing.assert_allclose(predictions[columns].to_numpy(), expected, atol=1e-5)

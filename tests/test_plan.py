@@ -125,6 +125,7 @@ DECISIONS = {
     "determine_batch_size": fp2d([28, 28], {"a": 2000, "b": 2000}),
     "determine_normalization": fp3d([28, 28, 28], BALANCED, readers={"npz": 1}, dtypes={"uint8": 1}),
     "determine_tta": fp3d([28, 28, 28], BALANCED),
+    "determine_output_bias": fp2d([1500, 1600], BALANCED),
     "determine_image_size": fp2d([100, 120], BALANCED),
     "determine_channels": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_contrast": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),

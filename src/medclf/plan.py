@@ -380,6 +380,7 @@ class Planner:
             self.determine_batch_size(cfg)
             self.determine_3d_training(cfg)
             self.determine_tta(cfg)
+            self.determine_output_bias(cfg)
             return cfg
         self.determine_image_size(cfg)
         self.determine_channels(cfg)
@@ -391,6 +392,7 @@ class Planner:
         self.determine_small_image_training(cfg)
         self.determine_batch_size(cfg)
         self.determine_tta(cfg)
+        self.determine_output_bias(cfg)
         return cfg
 
     # --- both 2D and 3D ------------------------------------------------------------------
@@ -475,6 +477,26 @@ class Planner:
         if self.spatial_dims == 3:
             cfg.eval.tta = True
             cfg.eval.tta_shift = 0.0
+
+    def determine_output_bias(self, cfg: Config) -> None:
+        """``train.output_bias`` = 'validation' for one-model classification (2D and 3D):
+        after training, a logit bias fitted on the validation split is kept when a
+        likelihood-ratio test shows the network did not learn the class prior it was
+        trained for (:func:`medclf.models.prior.fit_output_bias`); otherwise the outputs
+        are left exactly as they were. The k-fold ensemble keeps 'none' (its threshold comes
+        from out-of-fold predictions; each fold's held-out part is small for a fit).
+
+        Decided on validation figures, cross-fitted (the bias fitted on one half of the
+        validation split, the accuracy counted on the other, 20 random halvings):
+        AdrenalMNIST3D, 98 validation volumes, one seed in four whose arg-max called most
+        volumes positive went from 0.755 to 0.876 accuracy; on the three others the test
+        never kept a bias and their accuracy was unchanged (0.796, 0.898, 0.867).
+
+        Args:
+            cfg: the configuration being planned, changed in place.
+        """
+        if cfg.train.folds < 2:
+            cfg.train.output_bias = "validation"
 
     # --- 2D --------------------------------------------------------------------------------
     def determine_image_size(self, cfg: Config) -> None:

@@ -1,6 +1,7 @@
 """``medclf train``: dataset -> plan -> preprocess -> fit -> evaluate, into a run directory."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -23,10 +24,11 @@ from ..diagnostics import write_architecture
 from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
 from ..evaluation.outputs import evaluate_task, summary_lines
-from ..evaluation.predict import pick_device, training_counts
+from ..evaluation.predict import pick_device, predict_probabilities, predict_tta, training_counts
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
+from ..models.prior import add_logit_shift, fit_output_bias
 from ..plan import fingerprint, n_pool, n_train, plan_run, read_plan, write_plan
 from ..provenance import provenance
 from ..training import auto_lr
@@ -276,12 +278,15 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
     # the outputs assume train.output_prior from here on, as they do in evaluate/predict/serve
     finalize_outputs(module.model, manifest.task, training_counts(manifest.frame, manifest.class_names),
                      cfg.train, task_facts(manifest))
+    bias = _fit_output_bias(run_dir, module.model, cfg, manifest, splits) if manifest.task == "classification" else None
     epochs_run = trainer.current_epoch if trainer is not None else resumed_from + 1
     extra = {"checkpoint_epoch": saved.get("epoch"), "epochs_run": epochs_run,
              "world_size": trainer.world_size if trainer is not None else 1,
              "train_time_s": round(time.perf_counter() - started, 1)}
     if resumed_from is not None:
         extra["resumed_after_epoch"] = resumed_from
+    if bias is not None:
+        extra["output_bias"] = bias
     frame = manifest.frame
     test = EvaluationSplit(*splits["test"], frame[frame.split == "test"])
     val = EvaluationSplit(*splits["val"], frame[frame.split == "val"])
@@ -295,6 +300,33 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
                                  pick_device(cfg.trainer.accelerator))
     after_evaluation(run_dir, cfg)  # gallery and report.html (plug-ins; failures only warn)
     return TrainResult(run_dir, metrics)
+
+
+def _fit_output_bias(run_dir: Path, model: torch.nn.Module, cfg: Config, manifest, splits: dict) -> dict | None:
+    """``train.output_bias=validation``: fit the bias on the validation split
+    (:func:`medclf.models.prior.fit_output_bias`, on the probabilities the evaluation uses,
+    test-time augmentation included), add it to ``model`` when the test keeps it, and store
+    it in ``dataset.json``, where every later load of the run finds it. Returns the fit's
+    record for ``test_metrics.json``, or None (no such setting, or no validation split)."""
+    images, labels = splits["val"]
+    if cfg.train.output_bias != "validation" or len(labels) == 0:
+        return None
+    device = pick_device(cfg.trainer.accelerator)
+    probabilities = predict_probabilities(model, images, cfg.eval.batch_size, device)
+    if cfg.eval.tta:
+        probabilities = predict_tta(model, images, cfg, device, probabilities)[0]
+    counts = training_counts(manifest.frame, manifest.class_names)
+    fitted = fit_output_bias(probabilities, labels.numpy(), counts, cfg.train)
+    facts = json.loads((run_dir / rundir.DATASET).read_text(encoding="utf-8"))
+    facts.pop("output_bias", None)
+    if fitted["shift"] is not None:
+        add_logit_shift(model, fitted["shift"])
+        facts["output_bias"] = fitted["shift"]
+        log.warning("output bias: the validation split rejects the trained-for class prior (likelihood ratio "
+                    "%.1f, p = %.2g); the logits are shifted by %s", fitted["likelihood_ratio"], fitted["p_value"],
+                    [round(v, 3) for v in fitted["shift"]])
+    write_json(run_dir / rundir.DATASET, facts)
+    return fitted
 
 
 def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:

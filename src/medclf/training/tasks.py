@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..models.prior import apply_output_prior, last_linear
+from ..models.prior import add_logit_shift, apply_output_prior, last_linear
 from .fit import class_weights
 from .module import Classifier
 
@@ -39,9 +39,9 @@ CLASSIFICATION, MULTILABEL, REGRESSION = "classification", "multilabel", "regres
 LOSSES = {CLASSIFICATION: ("cross_entropy",), MULTILABEL: ("bce",), REGRESSION: ("l1", "huber", "mse")}
 PLANNED = {  # train.* settings planned per task (classification: the planner's own choices)
     MULTILABEL: {"loss": "bce", "monitor": "val_map", "sampler": "shuffle", "class_weights": "none",
-                 "label_smoothing": 0.0, "output_prior": "balanced"},
+                 "label_smoothing": 0.0, "output_prior": "balanced", "output_bias": "none"},
     REGRESSION: {"loss": "l1", "monitor": "val_mae", "sampler": "shuffle", "class_weights": "none",
-                 "label_smoothing": 0.0, "output_prior": "balanced"},
+                 "label_smoothing": 0.0, "output_prior": "balanced", "output_bias": "none"},
 }
 
 
@@ -251,13 +251,16 @@ def finalize_outputs(model: torch.nn.Module, task: str, train_counts, train_conf
     """What every consumer of a trained network applies after loading its weights, in place:
     the output prior (classification, :func:`medclf.models.prior.apply_output_prior`), the
     target scale (regression, ``facts`` holds ``target_mean``/``target_std``), nothing
-    (multilabel)."""
+    (multilabel). A classification run whose ``facts`` (``dataset.json``) hold an
+    ``output_bias`` shift (``train.output_bias``) gets it added after the output prior."""
     if task == REGRESSION:
         if "target_mean" not in facts:
             raise ConfigError("a regression run needs target_mean and target_std (dataset.json)")
         fold_target_scale(model, facts)
     elif task == CLASSIFICATION:
         apply_output_prior(model, train_counts, train_config)
+        if facts.get("output_bias"):
+            add_logit_shift(model, facts["output_bias"])
 
 
 def task_subset(manifest, n: int, seed: int):
