@@ -181,10 +181,9 @@ def _task_summary(latest_of: dict) -> str:
         for name, key, get, target, met in figures:
             values = [get(r["test"]) for r in runs]
             val = [r["validation"][key] for r in runs if key and r["validation"].get(key) is not None]
-            rows.append(f"| {task} | {seeds} | {name} | {statistics.mean(val):.3f} | " if val else
-                        f"| {task} | {seeds} | {name} | | ")
-            rows[-1] += (f"{statistics.mean(values):.3f} | {min(values):.3f}-{max(values):.3f} | {target} | "
-                         f"{_met(met(values, runs)) if met else ''} |\n")
+            val_mean = f" {statistics.mean(val):.3f} " if val else " "
+            rows.append(f"| {task} | {seeds} | {name} |{val_mean}| {statistics.mean(values):.3f} | "
+                        f"{min(values):.3f}-{max(values):.3f} | {target} | {_met(met(values, runs)) if met else ''} |\n")
     return ("\n### Over seeds\n\nMean over the seeds (latest run of each), validation beside test; "
             "the range is the lowest and highest seed.\n\n"
             "| Task | Seeds | Figure | Validation mean | Test mean | Test min-max | Target (issue 23) | Met |\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from scipy.special import log_softmax
 from scipy.stats import chi2
 from torch import nn
 
@@ -79,9 +80,8 @@ def target_prior(counts, train_cfg) -> np.ndarray:
 
 
 def _mean_nll(bias: np.ndarray, log_p: np.ndarray, labels: np.ndarray) -> float:
-    z = log_p + bias
-    z = z - z.max(axis=1, keepdims=True)
-    return float(-(z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(axis=1))).mean())
+    """Mean negative log-likelihood of ``labels`` under ``softmax(log_p + bias)``."""
+    return float(-log_softmax(log_p + bias, axis=1)[np.arange(len(labels)), labels].mean())
 
 
 def fit_output_bias(probabilities, labels, counts, train_cfg, significance: float = 0.05) -> dict:
