@@ -22,7 +22,7 @@ from medclf.errors import ConfigError, MedclfError, RunDirError
 from conftest import make_dataset, synthetic_image
 
 FAST = ["train.max_epochs=2", "data.image_size=[24,24]", "model.filters=[4,8]", "train.batch_size=8",
-        "trainer.accelerator=cpu"]
+        "trainer.accelerator=cpu", "train.keep_weights=best"]  # both checkpoint files
 
 
 class ShellPayload:

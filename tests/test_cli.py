@@ -103,7 +103,9 @@ def test_train_evaluate_predict_on_generated_data(tiny_dataset, tmp_path, capsys
 
     assert main(["evaluate", str(run)]) == 0
     metrics = json.loads((run / "test_metrics.json").read_text())
-    assert metrics["n"] == 8 and metrics["checkpoint"] == "checkpoints/best.ckpt"
+    # planned classification keeps the last weights: no best.ckpt is written
+    assert metrics["n"] == 8 and metrics["checkpoint"] == "checkpoints/last.ckpt"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     capsys.readouterr()
 
     images = sorted((tiny_dataset / "test" / "disk").glob("*.png"))[:2]

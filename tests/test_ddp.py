@@ -31,8 +31,8 @@ def test_ddp_two_cpu_processes_write_one_run_directory(tiny_dataset, tmp_path):
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["world_size"] == 2 and test["n"] == 8
     assert list(pd.read_csv(run / "metrics.csv").epoch) == [0]
-    assert (run / "checkpoints" / "best.ckpt").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # planned: the last weights
+    assert test["checkpoint"] == "checkpoints/last.ckpt"
     assert not list(Path(tmp_path).glob("**/medclf-rank*"))
 
 

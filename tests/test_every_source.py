@@ -187,7 +187,9 @@ def test_train(source, trained):
     run = trained["run"]
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["n"] == 2 * source["counts"]["test"] and 0 <= metrics["roc_auc"] <= 1
-    assert metrics["checkpoint"] == "checkpoints/best.ckpt" and (run / metrics["checkpoint"]).is_file()
+    # planned classification keeps the last weights (train.keep_weights): no best.ckpt
+    assert metrics["checkpoint"] == "checkpoints/last.ckpt" and (run / metrics["checkpoint"]).is_file()
+    assert not (run / "checkpoints" / "best.ckpt").exists()
     split = pd.read_csv(run / "split.csv", keep_default_na=False)
     assert len(split) == source["n"]
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["spatial_dims"] == source["dims"]

@@ -126,6 +126,7 @@ DECISIONS = {
     "determine_normalization": fp3d([28, 28, 28], BALANCED, readers={"npz": 1}, dtypes={"uint8": 1}),
     "determine_tta": fp3d([28, 28, 28], BALANCED),
     "determine_output_bias": fp2d([1500, 1600], BALANCED),
+    "determine_kept_weights": fp3d([64, 64, 64], BALANCED),
     "determine_image_size": fp2d([100, 120], BALANCED),
     "determine_channels": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_contrast": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
@@ -179,6 +180,18 @@ def test_colour_photographs_get_the_local_contrast_step_and_grayscale_images_non
     custom = type("Custom", (Planner,), {"COLOUR_STEPS": ({"name": "clahe", "clip_limit": 0.02},)})(fp).plan()
     assert [(s.name, getattr(s, "clip_limit", None)) for s in custom.preprocess.steps] == \
         ([("clahe", 0.02)] if steps else [])
+
+
+@pytest.mark.parametrize("fp, task, keep, early_stopping", [
+    (fp2d([224, 224], {"a": 3000, "b": 1000}), "classification", "last", False),
+    (fp3d([64, 64, 64], {"a": 900, "b": 250}), "classification", "last", False),
+    (fp2d([224, 224], {"a": 3000, "b": 1000}), "multilabel", "best", True),
+    (fp2d([224, 224], {"a": 3000, "b": 1000}), "regression", "best", True),
+])
+def test_classification_keeps_the_last_weights_and_other_tasks_the_best_epoch(fp, task, keep, early_stopping):
+    planned = Planner({**fp, "task": task}).plan()
+    assert planned.train.keep_weights == keep
+    assert planned.train.early_stopping.enabled is early_stopping
 
 
 def test_planner_source_quotes_no_test_split_figures():

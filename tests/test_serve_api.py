@@ -301,7 +301,7 @@ def test_damaged_checkpoint_is_reported_not_executed(client, runs_dir):
     try:
         response = client.post("/api/runs/broken/predict", files={"file": ("x.png", png_bytes(), "image/png")})
         detail = response.json()["detail"]
-        assert response.status_code == 500 and "refused to load" in detail and "best.ckpt" in detail
+        assert response.status_code == 500 and "refused to load" in detail and "last.ckpt" in detail
         assert "not weights" in detail and "Traceback" not in response.text
     finally:
         shutil.rmtree(broken)

@@ -127,11 +127,11 @@ class ModelConfig(_Section):
     projection_filters: list[int] = Field([16, 32, 64, 128], min_length=1, description="projection_branch: number of filters of each stage of the 2D network on the projections (VGG-style: each stage is a 3x3 convolution block and a 2x max-pool).")
     volume_pool: int = Field(0, ge=0, le=3, description="projection_branch: 2x max-pools applied to the volume before the 3D network only, so that the projections see the full resolution and the 3D network a coarser, 8x cheaper grid per pool.")
     init: Literal["he", "xavier", "default"] = Field("he", description="Weight initialisation: He (Kaiming) for ReLU-type networks, Xavier (Glorot), or PyTorch's default.")
-    weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from, or a medclf run directory (as `medclf train --init-from`): every layer whose name and shape match is loaded from that run's best checkpoint and the network gets a new head for this task's classes.")
+    weights: Optional[str] = Field(None, description="Optional path of user-supplied weights (a state_dict .pt or a medclf/Lightning checkpoint) to start from, or a medclf run directory (as `medclf train --init-from`): every layer whose name and shape match is loaded from that run's kept checkpoint (best.ckpt, else last.ckpt) and the network gets a new head for this task's classes.")
 
 
 class EarlyStoppingConfig(_Section):
-    """Stop training when the validation metric stops improving; the best checkpoint is kept either way."""
+    """Stop training when the validation metric stops improving (planned off for classification, which keeps the last weights: train.keep_weights)."""
 
     enabled: bool = Field(True, description="Stop when the monitored validation metric has not improved for `patience` epochs.")
     patience: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
@@ -147,7 +147,7 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for SGD and RMSprop: each step keeps this fraction of the previous step, which smooths noisy gradients and speeds progress along consistent directions. 0.9 is the standard value; ignored by Adam/AdamW (they have their own).")
     nesterov: bool = Field(True, description="Nesterov momentum for SGD.")
     batch_size: int = Field(32, ge=1, description="Images per training step: the gradient is averaged over a batch. Larger batches give smoother gradients and faster epochs on a GPU but need more memory and often a larger learning rate; smaller batches add noise that can help generalisation. Lower it if you run out of memory. Planned from the training set size (8 to 64).")
-    max_epochs: int = Field(60, ge=1, description="Upper bound on epochs, i.e. passes over the whole training split. Training may stop earlier (early stopping); the best checkpoint by the validation metric is kept, so a generous bound costs time, not quality. The learning-rate schedule is laid out over this many epochs.")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on epochs, i.e. passes over the whole training split. Training may stop earlier (early stopping); with train.keep_weights=best the best checkpoint by the validation metric is kept. The learning-rate schedule is laid out over this many epochs.")
     schedule: Literal["none", "step", "cosine", "plateau", "onecycle"] = Field("onecycle", description="How the learning rate changes during training. onecycle (default): warm up to train.lr, then anneal to almost zero; cosine: warm-up then cosine decay; step: multiply by gamma every step_size epochs; plateau: multiply by gamma when the validation loss stalls; none: constant.")
     warmup_epochs: float = Field(3.0, ge=0, description="Linear warm-up, epochs (cosine and onecycle).")
     step_size: int = Field(20, ge=1, description="'step' schedule: epochs between decays.")
@@ -167,7 +167,8 @@ class TrainConfig(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="Fine-tuning: the backbone's learning rate is train.lr times this (discriminative learning rates, as in ULMFiT/fastai); the head gets train.lr. 1: one learning rate for all.")
     gradient_clip: Optional[float] = Field(5.0, gt=0, description="Clip the global gradient norm to this value (None: off).")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_map", "val_mae", "val_r2"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint and drives early stopping (ties broken by val_loss). Multilabel: val_roc_auc is the macro ROC AUC over findings and val_map the mean average precision (planned); regression: val_mae (planned; mean absolute error in target units) or val_r2.")
+    keep_weights: Literal["best", "last"] = Field("best", description="The weights a one-model run is evaluated, exported and served with. best: the epoch with the best `monitor` figure on the validation split (checkpoints/best.ckpt); last: the weights after the last epoch (checkpoints/last.ckpt, no best.ckpt is written), as the k-fold protocol keeps for its fold models. Planned 'last' for classification, with early stopping off: an epoch picked on a validation split is partly picked for its luck on those images, and the validation split then stays an unbiased check of the model it fits the output bias and threshold for.")
+    monitor: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_map", "val_mae", "val_r2"] = Field("val_roc_auc", description="Validation metric that picks the best checkpoint (train.keep_weights=best) and drives early stopping (ties broken by val_loss). Multilabel: val_roc_auc is the macro ROC AUC over findings and val_map the mean average precision (planned); regression: val_mae (planned; mean absolute error in target units) or val_r2.")
 
     @field_validator("lr", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""``medclf evaluate``: re-evaluate a run's best checkpoint on its test split or new data."""
+"""``medclf evaluate``: re-evaluate a run's kept checkpoint on its test split or new data."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ from .postrun import after_evaluation
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Path, dict]:
-    """Evaluate the run's best checkpoint.
+    """Evaluate the run's kept checkpoint (best.ckpt, else last.ckpt; an ensemble's fold models).
 
     Args:
         run_dir: a run directory written by ``medclf train``.

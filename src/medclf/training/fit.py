@@ -77,8 +77,10 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
     (``train.clean_bn_statistics``, :mod:`medclf.training.batchnorm`)."""
     mode = MONITOR_MODES[cfg.train.monitor]
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor="val_selection",
-                        mode=mode, save_top_k=1, save_last=False, enable_version_counter=False),
+        # best.ckpt only when the run is to keep the best epoch's weights (train.keep_weights)
+        *([ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor="val_selection",
+                           mode=mode, save_top_k=1, save_last=False, enable_version_counter=False)]
+          if cfg.train.keep_weights == "best" else []),
         # last.ckpt after every epoch, for --resume (Lightning 2.6's save_last=True writes it
         # only in epochs where the best checkpoint was also written)
         ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
