@@ -515,8 +515,8 @@ class Planner:
 
         Decided on validation figures (the runs of ``bench/suite.py``, each checkpoint with its
         own output-bias fit), although they favour the chosen epoch, which was picked on them:
-        AdrenalMNIST3D (98 volumes), the last epoch was picked already in 3 of 6 seeds; in the
-        other three validation accuracy 0.867 -> 0.867, 0.867 -> 0.867 and 0.867 -> 0.888,
+        AdrenalMNIST3D (98 volumes): in 3 of 6 seeds the best epoch was the last one; in the
+        other three, validation accuracy 0.867 -> 0.867, 0.867 -> 0.867 and 0.867 -> 0.888,
         balanced accuracy 0.769 -> 0.753, 0.705 -> 0.769, 0.737 -> 0.766, and a lower
         log-loss in all three (two of the chosen epochs needed an output bias, the last ones
         none). PneumoniaMNIST (524 images, 6 seeds): mean balanced accuracy 0.973 -> 0.973,
