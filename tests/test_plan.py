@@ -131,6 +131,7 @@ DECISIONS = {
     "determine_channels": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_contrast": fp2d([1500, 1600], BALANCED, colour_fraction=1.0),
     "determine_protocol": fp2d([1500, 1600], {"a": 100, "b": 100}),
+    "determine_folds_within_budget": fp2d([28, 28], BALANCED),
     "determine_small_image_network": fp2d([28, 28], BALANCED),
     "determine_small_image_augmentation": fp2d([28, 28], BALANCED),
     "determine_small_image_training": fp2d([28, 28], BALANCED),
@@ -277,3 +278,27 @@ def test_multilabel_plans_predict_with_the_mirror_they_trained_with(task, size, 
     assert tree["eval"]["tta"] is tta and (tree["augment"]["flip_prob"] > 0) is (size[0] > 28)
     if tta:
         assert tree["eval"]["tta_shift"] == 0.0
+
+
+def test_thumbnails_over_the_fold_limit_get_the_k_fold_ensemble_when_it_fits_the_one_model_budget():
+    from medclf.plan import n_pool, n_train
+    from medclf.training.budget import planned_seconds
+    thumbnails = fp2d([28, 28], {"a": 3494, "b": 388})  # PneumoniaMNIST-sized, over FOLDS_MAX_IMAGES
+    large = fp2d([1500, 1600], BALANCED)
+    assert n_pool(thumbnails) > Planner.FOLDS_MAX_IMAGES
+    folded = Planner(thumbnails).plan()
+    assert folded.train.folds == Planner.FOLDS
+    assert folded.train.output_bias == "none"  # the ensemble's threshold comes from out-of-fold predictions
+    # the epochs, side and budget stay those planned for one model; its estimate fits that budget
+    one = type("NoBudgetFolds", (Planner,), {"determine_folds_within_budget": lambda self, cfg: None})(thumbnails).plan()
+    assert (folded.train.max_epochs, folded.data.image_size, folded.train.time_budget_s) == \
+        (one.train.max_epochs, one.data.image_size, one.train.time_budget_s)
+    assert planned_seconds(folded, n_pool(thumbnails), n_train(thumbnails)) <= Planner.BUDGET_2D_S
+    # large images: k models would not fit, so one model
+    assert Planner(large).plan().train.folds == 0
+    # a smaller budget keeps the thumbnails at one model too
+    tight = type("Tight", (Planner,), {"BUDGET_2D_S": 10.0})(thumbnails).plan()
+    assert tight.train.folds == 0 and tight.train.output_bias == "validation"
+    # other tasks and volumes never fold
+    assert Planner({**thumbnails, "task": "multilabel"}).plan().train.folds == 0
+    assert Planner(fp3d([28, 28, 28], {"a": 3494, "b": 388})).plan().train.folds == 0
