@@ -203,23 +203,28 @@ import json, os, sys
 sys.path.insert(0, {src!r})
 from medclf.cli import build_parser, main
 
-argv = sys.argv[1:]
-parser = build_parser()
-subs = {{}}
-for action in parser._actions:
-    if hasattr(action, "choices") and isinstance(action.choices, dict):
-        subs = action.choices
-if argv and argv[0] in subs:
-    options = {{o for a in subs[argv[0]]._actions for o in a.option_strings}}
-    if "--set" in options:
-        for pair in json.loads(os.environ.get("MEDCLF_DOCS_SET", "[]")):
-            argv += ["--set", pair]
-    if "--no-progress" in options and "--no-progress" not in argv:
-        argv.append("--no-progress")
-    for option, value in json.loads(os.environ.get("MEDCLF_DOCS_OPTIONS", "{{}}")).items():
-        if option in options:
-            argv += [option, value]
-sys.exit(main(argv))
+
+def with_docs_settings(argv):
+    parser = build_parser()
+    subs = {{}}
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            subs = action.choices
+    if argv and argv[0] in subs:
+        options = {{o for a in subs[argv[0]]._actions for o in a.option_strings}}
+        if "--set" in options:
+            for pair in json.loads(os.environ.get("MEDCLF_DOCS_SET", "[]")):
+                argv += ["--set", pair]
+        if "--no-progress" in options and "--no-progress" not in argv:
+            argv.append("--no-progress")
+        for option, value in json.loads(os.environ.get("MEDCLF_DOCS_OPTIONS", "{{}}")).items():
+            if option in options:
+                argv += [option, value]
+    return argv
+
+
+if __name__ == "__main__":  # the k-fold protocol's fold processes import this file again (spawn)
+    sys.exit(main(with_docs_settings(sys.argv[1:])))
 '''
 
 
