@@ -415,6 +415,11 @@ class Planner:
         gradient and the network fits them; drawing them more often, each time augmented
         differently, does not. Applies to 2D and 3D alike.
 
+        Checked on out-of-fold figures: the reduced PneumoniaMNIST (9:1, 5-fold ensemble,
+        6 seeds) with a plain shuffle and 'auto' class weights instead had a lower
+        out-of-fold accuracy (0.957 against 0.976) and balanced accuracy (0.967 against 0.974)
+        in every seed.
+
         Args:
             cfg: the configuration being planned, changed in place.
         """
