@@ -403,9 +403,6 @@ class Planner:
         """Image counts of the non-empty training classes."""
         return [n for n in self.fp.get("counts", {}).get("train", {}).values() if n > 0]
 
-    def _n_train(self) -> int:
-        return sum(self.fp["counts"].get("train", {}).values())
-
     def determine_sampler(self, cfg: Config) -> None:
         """``train.sampler``: 'balanced' when the largest training class has at least
         :attr:`IMBALANCE_RATIO` times the images of the smallest (non-empty) one; else the
@@ -466,7 +463,7 @@ class Planner:
         """
         low, high = (self.MIN_BATCH_3D, self.MAX_BATCH_3D) if self.spatial_dims == 3 \
             else (self.MIN_BATCH_2D, self.MAX_BATCH_2D)
-        cfg.train.batch_size = int(max(low, min(high, self._n_train() // self.STEPS_PER_EPOCH or low)))
+        cfg.train.batch_size = int(max(low, min(high, n_train(self.fp) // self.STEPS_PER_EPOCH or low)))
 
     def _all_uint8_arrays(self) -> bool:
         """True for npz datasets stored as uint8 (MedMNIST): their full scale is meaningful."""
@@ -664,7 +661,7 @@ class Planner:
             return
         folded = cfg.model_copy(deep=True)
         folded.train.folds = self.FOLDS
-        if planned_seconds(folded, n_pool(self.fp), self._n_train()) <= self.BUDGET_2D_S:
+        if planned_seconds(folded, n_pool(self.fp), n_train(self.fp)) <= self.BUDGET_2D_S:
             cfg.train.folds = self.FOLDS
 
     def _small_image(self, cfg: Config) -> bool:
