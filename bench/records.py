@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import platform
 import statistics
 import subprocess
 from pathlib import Path
@@ -41,6 +42,19 @@ def commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return found.stdout.strip() or None
+
+
+def cpu_model() -> str | None:
+    """The processor's name (``model name`` of ``/proc/cpuinfo`` on Linux, else
+    :func:`platform.processor`), None when neither tells: wall times of different machines
+    are not comparable, so every record says which one measured it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def latest(path: Path) -> dict | None:

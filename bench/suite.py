@@ -160,7 +160,7 @@ def machine(note: str) -> dict:
     """The facts about where and when a run was measured that go into every record."""
     commit = records_module().commit()
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "cpu_count": os.cpu_count(), "note": note, "commit": commit,
+            "cpu_count": os.cpu_count(), "cpu_model": records_module().cpu_model(), "note": note, "commit": commit,
             "command": "python bench/suite.py " + shlex.join(sys.argv[1:])}
 
 
@@ -487,12 +487,14 @@ def render_dataset(summary: dict, records: list[dict]) -> str:
         lines.append(row)
     dates = sorted(r["date"][:10] for r in records if r.get("date"))
     cpus = sorted({str(r.get("cpu_count")) for r in records})
+    models = sorted({r["cpu_model"] for r in records if r.get("cpu_model")})
     notes = sorted({r.get("note") or "" for r in records} - {""})
     commands = sorted({r["command"] for r in records if r.get("command")})
     commits = sorted({r["commit"] for r in records if r.get("commit")})
     lines += ["", f"Measured {dates[0] if dates else '?'}"
               + (f" to {dates[-1]}" if dates and dates[-1] != dates[0] else "")
               + f" (UTC), `os.cpu_count()` = {', '.join(cpus)}"
+              + (f", processor {', '.join(models)}" if models else "")
               + (f"; {'; '.join(notes)}" if notes else "; no note on whether the machine was shared")
               + (f"; medclf commit {', '.join(commits)}" if commits else "") + ".",
               "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands) + ".", ""]
