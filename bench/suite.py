@@ -487,7 +487,8 @@ def render_dataset(summary: dict, records: list[dict]) -> str:
         lines.append(row)
     dates = sorted(r["date"][:10] for r in records if r.get("date"))
     cpus = sorted({str(r.get("cpu_count")) for r in records})
-    models = sorted({r["cpu_model"] for r in records if r.get("cpu_model")})
+    # named only when every run recorded it: older records have no processor
+    models = sorted({r["cpu_model"] for r in records}) if all(r.get("cpu_model") for r in records) else []
     notes = sorted({r.get("note") or "" for r in records} - {""})
     commands = sorted({r["command"] for r in records if r.get("command")})
     commits = sorted({r["commit"] for r in records if r.get("commit")})

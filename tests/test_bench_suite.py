@@ -109,6 +109,14 @@ def test_rendered_page_says_generated_and_shows_validation_and_test_side_by_side
     assert "never by comparing test figures" in head
 
 
+def test_the_footer_names_the_processor_only_when_every_run_recorded_it(tmp_path):
+    named = [{**r, "cpu_model": "AMD EPYC"} for r in COVID]
+    section = suite.render(named, tmp_path / "r.jsonl").split("## covid19")[1]
+    assert "`os.cpu_count()` = 2, processor AMD EPYC; quiet machine" in section
+    mixed = named[:-1] + COVID[-1:]  # one run from before records named it
+    assert "processor" not in suite.render(mixed, tmp_path / "r.jsonl").split("## covid19")[1]
+
+
 def test_interrupted_suite_resumes_without_repeating_runs(tmp_path, monkeypatch):
     results = tmp_path / "results.jsonl"
     calls, killed = [], []
