@@ -158,9 +158,9 @@ def _figures(metrics: dict | None) -> dict | None:
 
 def machine(note: str) -> dict:
     """The facts about where and when a run was measured that go into every record."""
-    commit = records_module().commit()
+    records = records_module()
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "cpu_count": os.cpu_count(), "cpu_model": records_module().cpu_model(), "note": note, "commit": commit,
+            "cpu_count": os.cpu_count(), "cpu_model": records.cpu_model(), "note": note, "commit": records.commit(),
             "command": "python bench/suite.py " + shlex.join(sys.argv[1:])}
 
 
