@@ -131,6 +131,9 @@ def test_the_bootstrap_balanced_accuracy_is_scikit_learns():
             warnings.simplefilter("ignore", UserWarning)  # y_pred has a class that y_true lacks
             expected = balanced_accuracy_score(y, predicted)
         assert _balanced_accuracy(y, predicted) == pytest.approx(expected, abs=1e-12), (trial, y, predicted)
+    names, guessed = np.array(["a", "b", "b", "c"]), np.array(["a", "b", "c", "c"])  # not class indices
+    assert _balanced_accuracy(names, guessed) == pytest.approx(balanced_accuracy_score(names, guessed))
+    assert _balanced_accuracy(np.array([0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0])) == pytest.approx(0.75)
     y, p = fixed_multiclass(n=66, seed=3)
     interval = bootstrap_ci(y, p.argmax(1), _balanced_accuracy, resamples=300, seed=0)
     reference = bootstrap((y, p.argmax(1)), balanced_accuracy_score, paired=True, vectorized=False,
