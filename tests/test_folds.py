@@ -74,13 +74,35 @@ def test_ensemble_probabilities_are_the_mean_of_its_members():
     assert not torch.allclose(got, members[0](x).softmax(1), atol=1e-3)  # it is not one member
 
 
+def test_a_fold_process_has_the_environment_of_the_moment_it_starts(monkeypatch):
+    """Fold processes are copies of a fork server started earlier (preloading the training
+    code); each still gets the run's environment variables as they are when the pool starts."""
+    import logging
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import forkserver
+
+    from medclf.commands.fold_processes import fold_context
+    from medclf.commands.folds import _start_worker
+
+    context = fold_context()
+    assert context.get_start_method() == "forkserver"
+    forkserver.ensure_running()
+    monkeypatch.setenv("MEDCLF_TEST_SET_AFTER_THE_SERVER", "yes")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
+                             initargs=(logging.WARNING, dict(os.environ))) as pool:
+        assert pool.submit(os.getenv, "MEDCLF_TEST_SET_AFTER_THE_SERVER").result() == "yes"
+        assert pool.submit(os.getpid).result() != os.getpid()
+
+
 def test_the_plan_chooses_folds_for_small_sets_only():
     small = {"median_size": [512, 512], "counts": {"train": {"a": 110, "b": 70}, "val": {"a": 19, "b": 12}}}
     planned = Planner(small).plan()
     assert planned.train.folds == Planner.FOLDS and not planned.train.early_stopping.enabled
+    assert planned.train.check_val_every_n_epoch == Planner.FOLDS_CHECK_VAL_EVERY_N_EPOCH > 1
     assert planned.data.image_size == [Planner.FOLDS_IMAGE_SIDE] * 2 and planned.train.time_budget_s
     large = {"median_size": [512, 512], "counts": {"train": {"a": 3000, "b": 2000}}}
     assert Planner(large).plan().train.folds == 0
+    assert Planner(large).plan().train.check_val_every_n_epoch == 1
     tiny = {"median_size": [48, 48], "counts": {"train": {"a": 12, "b": 12}}}
     assert Planner(tiny).plan().train.folds == 0
 

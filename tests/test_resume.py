@@ -160,3 +160,22 @@ def test_resume_refuses_images_that_changed(reference, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "1 image(s) changed since the run started" in err and split.path[3] in err
+
+
+def test_validating_every_other_epoch_trains_the_same_weights(reference, capsys):
+    """``train.check_val_every_n_epoch=2`` over 3 epochs validates after epochs 1 and 2 (the
+    last, always): its metrics.csv rows are the every-epoch run's rows of those epochs, and its
+    last weights are the same, to the bit (every epoch's random numbers are seeded)."""
+    data, runs, full = reference
+    assert main(["train", str(data), "--out", str(runs), "--name", "sparse", *ARGS,
+                 "--set", "train.check_val_every_n_epoch=2"]) == 0
+    sparse = runs / "sparse"
+    every, fewer = pd.read_csv(full / "metrics.csv"), pd.read_csv(sparse / "metrics.csv")
+    assert fewer.epoch.tolist() == [1, 2]
+    pd.testing.assert_frame_equal(every[every.epoch >= 1][SAME].reset_index(drop=True), fewer[SAME],
+                                  check_exact=True)
+    one, two = (torch.load(r / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+                for r in (full, sparse))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    capsys.readouterr()

@@ -4,7 +4,8 @@ evaluation of their ensemble (nnU-Net's 5-fold cross-validation, Isensee et al. 
 
 A fold whose ``fold_predictions.csv`` exists has finished and is skipped on resume; a fold
 killed mid-training continues from its own ``checkpoints/last.ckpt``. On a CPU the folds train
-in parallel processes (``train.fold_workers``, :func:`fold_workers`).
+in parallel processes (``train.fold_workers``, :func:`fold_threads`), started from a fork server
+(:mod:`medclf.commands.fold_processes`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +37,7 @@ from ..models import create_model
 from ..models.prior import apply_output_prior
 from ..training.fit import build_trainer, class_weights, fit, launch_rank, stopped_early
 from ..training.module import Classifier
+from .fold_processes import fold_context
 
 log = logging.getLogger("medclf")
 
@@ -108,8 +109,8 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
         workers = min(cfg.train.fold_workers or _cores(), len(pending))
         log.warning("training %d folds in %d processes at a time", len(pending), workers)
         try:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                                     initargs=(logging.getLogger().level,)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=fold_context(), initializer=_start_worker,
+                                     initargs=(logging.getLogger().level, dict(os.environ))) as pool:
                 for finished in [pool.submit(_fit_fold_with_threads, threads[fold], *arguments(fold))
                                  for fold in pending]:
                     finished.result()  # re-raises a fold's error here
@@ -186,9 +187,13 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def _start_worker(level: int) -> None:
-    """Initialise a fold process: the parent's log format and quiet Lightning, and (Linux)
-    death with the parent, so that a killed run leaves no fold still writing its checkpoints."""
+def _start_worker(level: int, environment: dict) -> None:
+    """Initialise a fold process: the parent's environment variables as they are now (a fork
+    server's copies inherit the server's, from when it started), the parent's log format and
+    quiet Lightning, and (Linux) death with its parent, so that a killed run leaves no fold
+    still writing its checkpoints (the fork server exits when the run's process dies)."""
+    os.environ.clear()
+    os.environ.update(environment)
     logging.basicConfig(level=level, format="medclf: %(levelname)s: %(message)s")
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -65,6 +65,18 @@ class MetricsCSV(L.Callback):
             write_csv(self.path, pd.DataFrame(self.rows, columns=_columns(self.rows)))
 
 
+class ValidateLastEpoch(L.Callback):
+    """Validate after the last epoch whatever ``check_val_every_n_epoch`` says (Lightning
+    validates only when the epoch number is a multiple of it): the last validation
+    re-estimates the batch-norm statistics that the kept last weights carry
+    (:class:`~medclf.training.batchnorm.CleanBatchNormStatistics`) and gives the curves
+    their final point."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1
+
+
 def _columns(rows: list[dict]) -> list[str]:
     """:data:`COLUMNS` with any task metric columns of the rows after them."""
     extra = sorted({key for row in rows for key in row} - set(COLUMNS))

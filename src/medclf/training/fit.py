@@ -19,7 +19,7 @@ from ..diagnostics import build_callbacks as build_diagnostics
 from ..errors import ConfigError
 from ..testing.faults import fault_callbacks
 from .batchnorm import CleanBatchNormStatistics
-from .callbacks import MetricsCSV
+from .callbacks import MetricsCSV, ValidateLastEpoch
 from .finetune import FreezeBackbone
 from .module import MONITOR_MODES
 from .reliability import AtomicCheckpointIO, EpochSeeder
@@ -84,11 +84,13 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         # last.ckpt after every epoch, for --resume (Lightning 2.6's save_last=True writes it
         # only in epochs where the best checkpoint was also written)
         ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
-                        enable_version_counter=False),
+                        enable_version_counter=False, save_on_train_epoch_end=True),  # also between validations
         MetricsCSV(run_dir / rundir.METRICS),
         EpochSeeder(cfg.seed),
         *fault_callbacks(),
     ]
+    if cfg.train.check_val_every_n_epoch > 1:
+        callbacks.append(ValidateLastEpoch())
     if cfg.train.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor="val_selection", mode=mode,
                                        patience=cfg.train.early_stopping.patience,
@@ -118,6 +120,7 @@ def build_trainer(cfg: Config, run_dir: Path, progress: bool = True, n_train: in
         logger=TensorBoardLogger(str(run_dir), name=rundir.TENSORBOARD, version="", default_hp_metric=False),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+        check_val_every_n_epoch=cfg.train.check_val_every_n_epoch,
         reload_dataloaders_every_n_epochs=1,  # per-epoch seeded loaders (see EpochSeeder)
     )
 

@@ -48,6 +48,11 @@ class Classifier(L.LightningModule):
         if not any(p.dim() == 5 for p in self.model.parameters()):  # 3D networks keep their layout
             self.model.to(memory_format=torch.channels_last)
 
+    def on_train_epoch_start(self) -> None:
+        # the training figures of a validated epoch are that epoch's alone, also when the
+        # epochs before it were not validated (train.check_val_every_n_epoch)
+        self._outputs["train"].clear()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,48 @@
+"""The processes that train the k-fold ensemble's members on a CPU: Python's ``forkserver``
+start method with the training stack preloaded.
+
+A spawned process imports PyTorch, Lightning and MONAI again before it trains (about 10 s
+on a slow 2-core machine, paid by every fold process). The fork server imports them once,
+and each fold process is a copy of it, ready at once. The server never runs PyTorch code,
+so its copies do not inherit OpenMP thread pools (forking a process that has used them can
+hang its child). ``medclf train`` starts the server first (:func:`start_early`), so that its
+imports overlap the command's own imports and the dataset's loading. Standard library only:
+the command line imports this module before anything heavy.
+
+Where ``forkserver`` does not exist (Windows), the fold processes are spawned.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+PRELOAD = ["medclf.commands.folds"]
+"""Modules the fork server imports once: the fold training code and what it imports."""
+
+
+def fold_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of the fold processes: ``forkserver`` preloading
+    :data:`PRELOAD` where the platform has it, else ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start_early() -> bool:
+    """Start the fork server now, in the background, when this process may train fold models
+    in parallel processes: at least 2 CPU cores, ``forkserver`` available, and not one of the
+    processes of a distributed launch (they train folds in turn). Returns True when started.
+
+    The server costs one idle process (its imports, a few hundred MB) when the run turns
+    out to train one model, or on a GPU; it exits with this process.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    launched = any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
+    if cores < 2 or launched or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    fold_context()
+    from multiprocessing import forkserver
+    forkserver.ensure_running()  # returns at once: the server imports PRELOAD on its own
+    return True
