@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,63 @@ def _medclf(*args, fault=None):
         env["MEDCLF_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "medclf.cli", *args], env=env, capture_output=True,
                           text=True, timeout=600)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Living (not zombie) processes below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """The processes of ``pids`` that still run (not ended, not zombies)."""
+    alive = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_killing_the_run_kills_its_fold_processes(tmp_path):
+    """SIGKILL to ``medclf train`` while two fold processes train: neither outlives it (they
+    are copies of a fork server, not the run's children), so none goes on writing checkpoints
+    into a run directory that --resume is about to use."""
+    data = make_dataset(tmp_path / "data", per_class=(16, 16))
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("MEDCLF_FAULT", None)
+    args = [*ARGS, "--set", "train.max_epochs=200", "--set", "train.fold_workers=2"]
+    run = subprocess.Popen([sys.executable, "-m", "medclf.cli", "train", str(data), "--out", str(tmp_path / "runs"),
+                            "--name", "killed", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "runs" / "killed" / "folds" / "fold_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), run.stderr.read().decode()[-2000:] if run.poll() is not None else "no checkpoint"
+    below = _descendants(run.pid)
+    assert len(below) >= 3, below  # the fork server and two fold processes (and the resource tracker)
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 30
+    while _alive(below) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(below), f"processes outlived the killed run: {_alive(below)}"
+    run.stderr.close()
 
 
 @pytest.mark.parametrize("workers", ["1", "0"], ids=["folds-in-turn", "fold-processes"])

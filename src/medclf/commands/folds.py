@@ -12,7 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -190,19 +194,24 @@ def _torch_threads(threads: int | None):
 def _start_worker(level: int, environment: dict) -> None:
     """Initialise a fold process: the parent's environment variables as they are now (a fork
     server's copies inherit the server's, from when it started), the parent's log format and
-    quiet Lightning, and (Linux) death with its parent, so that a killed run leaves no fold
-    still writing its checkpoints (the fork server exits when the run's process dies)."""
+    quiet Lightning, and death with the run's process, so that a killed run leaves no fold
+    still writing its checkpoints."""
     os.environ.clear()
     os.environ.update(environment)
     logging.basicConfig(level=level, format="medclf: %(levelname)s: %(message)s")
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: a killed run's folds finish on their own
-        pass
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # its sentinel becomes ready when the run's process has ended, however
+        threading.Thread(target=_die_with, args=(parent.sentinel,), daemon=True, name="medclf-parent-watch").start()
+
+
+def _die_with(sentinel: int) -> None:
+    """Kill this process once ``sentinel`` (the run process's, see :func:`_start_worker`) is ready.
+    A fold process's parent is the fork server, which lives on while its copies do, so the
+    operating system's death-with-parent signal would not reach it."""
+    multiprocessing.connection.wait([sentinel])
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fit_fold_with_threads(threads: int, *arguments) -> bool:
