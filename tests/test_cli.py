@@ -120,3 +120,16 @@ def test_train_evaluate_predict_on_generated_data(tiny_dataset, tmp_path, capsys
     assert len(good) == 2
     assert (good.prob_bar.astype(float) + good.prob_disk.astype(float)).round(5).eq(1).all()
     assert "not a readable image" in frame.error.iloc[2]
+
+
+def test_the_commands_that_only_predict_start_without_lightning():
+    """evaluate, predict, explain, export and serve load trained networks and never train:
+    they do not import Lightning or torchmetrics, about 7 s of imports on a 2-core laptop
+    (a fresh interpreter, so that other tests' imports do not count)."""
+    code = ("import sys\n"
+            "import medclf.commands.evaluate, medclf.commands.predict, medclf.commands.explain\n"
+            "import medclf.commands.export, medclf.commands.serve\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics', 'pytorch_lightning'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

@@ -36,7 +36,8 @@ from ..training.budget import planned_seconds
 from ..training.fit import RUN_DIR_ENV, build_trainer, fit, launch_rank, stopped_early
 from ..training.reliability import remove_stale_temporaries
 from ..training.safety import advise_on_out_of_memory, check_free_space, check_writable, required_bytes
-from ..training.tasks import build_module, finalize_outputs, task_facts
+from ..training.task_modules import build_module
+from ..training.tasks import finalize_outputs, task_facts
 from ._init_from import check_source_leaks, record_source, with_init_from
 from .folds import fit_folds
 from .postrun import after_evaluation

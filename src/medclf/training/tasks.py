@@ -15,8 +15,11 @@ Three kinds (``data.task``; unset means classification, as before):
   deviation) is on that scale; after training the scale is folded into the last linear layer
   (:func:`fold_target_scale`), so the network outputs the target's units.
 
-Other stages ask this module (``task_of(config)``, :func:`activate`, :func:`build_module`,
-:func:`finalize_outputs`) instead of testing the kind themselves.
+Other stages ask this module (``task_of(config)``, :func:`activate`,
+:func:`finalize_outputs`) instead of testing the kind themselves. It imports no Lightning,
+so that the commands that only predict (``evaluate``, ``predict``, ``explain``, ``export``)
+start without it; the training modules of each task are in
+:mod:`medclf.training.task_modules`.
 """
 from __future__ import annotations
 
@@ -30,8 +33,6 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..models.prior import add_logit_shift, apply_output_prior, last_linear
-from .fit import class_weights
-from .module import Classifier
 
 log = logging.getLogger("medclf")
 
@@ -145,28 +146,6 @@ def pos_weight(targets: torch.Tensor, setting="auto") -> torch.Tensor:
     return (negatives / positives.clamp(min=1)).clamp(0.1, 100.0)
 
 
-class MultilabelModule(Classifier):
-    """One sigmoid per finding: logits ``(N, K)``, targets float ``(N, K)`` of 0/1.
-
-    Per epoch: ``{split}_loss``, ``{split}_roc_auc`` (macro over findings with both
-    classes present), ``{split}_map`` (macro average precision), scikit-learn's.
-    """
-
-    def __init__(self, model, num_classes: int, train_config, pos_weights: torch.Tensor):
-        super().__init__(model, num_classes, train_config, None)
-        self.register_buffer("pos_weights", torch.as_tensor(pos_weights, dtype=torch.float32))
-
-    def _loss(self, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.pos_weights)
-
-    def epoch_metrics(self, split, outputs):
-        logits = torch.cat([o[0] for o in outputs])
-        labels = torch.cat([o[1] for o in outputs]).cpu().numpy()
-        probs = torch.sigmoid(logits).cpu().numpy()
-        loss = float(sum(o[2] for o in outputs) / len(labels))
-        return {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in multilabel_summary(labels, probs).items()}}
-
-
 def multilabel_summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Macro ROC AUC and mean average precision over the findings of ``(N, K)`` 0/1
     labels and probabilities that have both classes (scikit-learn); NaN when none has."""
@@ -177,63 +156,17 @@ def multilabel_summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[st
             "map": float(np.mean([average_precision_score(labels[:, k], probabilities[:, k]) for k in usable]))}
 
 
-class RegressionModule(Classifier):
-    """One output, the standardised target: logits ``(N, 1)``, targets float ``(N,)`` in
-    target units, standardised inside the loss by the stored training ``target_mean`` and
-    ``target_std``.
-
-    Per epoch: ``{split}_loss`` (standardised scale), ``{split}_mae`` and ``{split}_rmse``
-    (target units), ``{split}_r2``.
-    """
-
-    def __init__(self, model, train_config, scale: dict):
-        super().__init__(model, 1, train_config, None)
-        self.register_buffer("target_mean", torch.tensor(float(scale["target_mean"])))
-        self.register_buffer("target_std", torch.tensor(float(scale["target_std"])))
-
-    def _loss(self, logits, labels):
-        z = (labels.float() - self.target_mean) / self.target_std
-        pred = logits.reshape(-1)
-        if self.cfg.loss == "mse":
-            return F.mse_loss(pred, z)
-        if self.cfg.loss == "l1":
-            return F.l1_loss(pred, z)
-        return F.huber_loss(pred, z, delta=1.0)
-
-    def epoch_metrics(self, split, outputs):
-        pred = torch.cat([o[0] for o in outputs]).reshape(-1).double() * self.target_std.double() \
-            + self.target_mean.double()
-        labels = torch.cat([o[1] for o in outputs]).double().to(pred.device)
-        loss = float(sum(o[2] for o in outputs) / len(labels))
-        error = pred - labels
-        total = ((labels - labels.mean()) ** 2).sum()
-        r2 = float(1 - (error ** 2).sum() / total) if total > 0 else math.nan
-        return {f"{split}_loss": loss, f"{split}_mae": float(error.abs().mean()),
-                f"{split}_rmse": float(error.pow(2).mean().sqrt()), f"{split}_r2": r2}
-
-
-def build_module(network, manifest, cfg, train_targets: torch.Tensor):
-    """The LightningModule for the run's task.
-
-    Args:
-        network: ``(N, C, *spatial) -> (N, num_classes)`` (regression: ``(N, 1)``).
-        manifest: the run's manifest (``task``, ``class_names``, training targets).
-        cfg: the resolved configuration.
-        train_targets: the training split's targets (see
-            :meth:`~medclf.data.sources.manifest.Manifest.targets`).
-
-    Raises:
-        ConfigError: ``train.loss`` does not fit the task.
-    """
-    task = manifest.task
-    check_loss(task, cfg.train.loss, cfg.train.monitor)
-    if task == MULTILABEL:
-        return MultilabelModule(network, manifest.num_classes, cfg.train,
-                                pos_weight(train_targets, cfg.train.class_weights))
-    if task == REGRESSION:
-        return RegressionModule(network, cfg.train, target_scale(train_targets.numpy()))
-    weights = class_weights(train_targets, manifest.num_classes, cfg.train.class_weights, cfg.train.sampler)
-    return Classifier(network, manifest.num_classes, cfg.train, weights)
+def regression_loss(outputs: torch.Tensor, targets: torch.Tensor, target_mean, target_std, loss: str) -> torch.Tensor:
+    """``train.loss`` (``l1``, ``mse`` or ``huber`` with ``delta=1``) between the network's
+    outputs ``(N, 1)`` (standardised scale) and targets ``(N,)`` in target units,
+    standardised by the training ``target_mean`` and ``target_std``."""
+    z = (targets.float() - target_mean) / target_std
+    pred = outputs.reshape(-1)
+    if loss == "mse":
+        return F.mse_loss(pred, z)
+    if loss == "l1":
+        return F.l1_loss(pred, z)
+    return F.huber_loss(pred, z, delta=1.0)
 
 
 def fold_target_scale(model: torch.nn.Module, scale: dict) -> None:
@@ -284,10 +217,10 @@ def initial_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, train_c
             return F.binary_cross_entropy_with_logits(out, targets.float())
     elif task == REGRESSION:
         scale = facts or target_scale(targets.numpy())
-        module = RegressionModule(torch.nn.Identity(), train_config, scale)
 
         def loss(out):
-            return module._loss(out, targets)
+            return regression_loss(out, targets, float(scale["target_mean"]), float(scale["target_std"]),
+                                   train_config.loss)
     else:
         def loss(out):
             return F.cross_entropy(out, targets)
