@@ -162,14 +162,22 @@ def test_resume_refuses_images_that_changed(reference, tmp_path, capsys):
     assert "1 image(s) changed since the run started" in err and split.path[3] in err
 
 
-def test_validating_every_other_epoch_trains_the_same_weights(reference, capsys):
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "weight-average"])
+def test_validating_every_other_epoch_trains_the_same_weights(reference, ema, capsys):
     """``train.check_val_every_n_epoch=2`` over 3 epochs validates after epochs 1 and 2 (the
     last, always): its metrics.csv rows are the every-epoch run's rows of those epochs, and its
-    last weights are the same, to the bit (every epoch's random numbers are seeded)."""
+    last weights are the same, to the bit (every epoch's random numbers are seeded); also
+    with an exponential moving average of the weights, which validation swaps in and out."""
     data, runs, full = reference
-    assert main(["train", str(data), "--out", str(runs), "--name", "sparse", *ARGS,
+    if ema:
+        averaged = ["--set", "train.ema_epochs=1"]
+        full = runs / "ema-every-epoch"
+        assert main(["train", str(data), "--out", str(runs), "--name", full.name, *ARGS, *averaged]) == 0
+    else:
+        averaged = []
+    sparse = runs / f"sparse-{ema}"
+    assert main(["train", str(data), "--out", str(runs), "--name", sparse.name, *ARGS, *averaged,
                  "--set", "train.check_val_every_n_epoch=2"]) == 0
-    sparse = runs / "sparse"
     every, fewer = pd.read_csv(full / "metrics.csv"), pd.read_csv(sparse / "metrics.csv")
     assert fewer.epoch.tolist() == [1, 2]
     pd.testing.assert_frame_equal(every[every.epoch >= 1][SAME].reset_index(drop=True), fewer[SAME],
