@@ -20,6 +20,11 @@ PRELOAD = ["medclf.commands.folds"]
 """Modules the fork server imports once: the fold training code and what it imports."""
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def fold_context() -> multiprocessing.context.BaseContext:
     """The multiprocessing context of the fold processes: ``forkserver`` preloading
     :data:`PRELOAD` where the platform has it, else ``spawn``."""
@@ -38,11 +43,9 @@ def start_early() -> bool:
     The server costs one idle process (its imports, a few hundred MB) when the run turns
     out to train one model, or on a GPU; it exits with this process.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     launched = any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
-    if cores < 2 or launched or "forkserver" not in multiprocessing.get_all_start_methods():
+    if cpu_cores() < 2 or launched or fold_context().get_start_method() != "forkserver":
         return False
-    fold_context()
     from multiprocessing import forkserver
     forkserver.ensure_running()  # returns at once: the server imports PRELOAD on its own
     return True

@@ -41,7 +41,7 @@ from ..models import create_model
 from ..models.prior import apply_output_prior
 from ..training.fit import build_trainer, class_weights, fit, launch_rank, stopped_early
 from ..training.module import Classifier
-from .fold_processes import fold_context
+from .fold_processes import cpu_cores, fold_context
 
 log = logging.getLogger("medclf")
 
@@ -110,7 +110,7 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
                 if not _fit_fold(*arguments(fold), progress, callbacks):
                     rank0 = False  # a DDP process other than rank 0: rank 0 writes and evaluates
     else:
-        workers = min(cfg.train.fold_workers or _cores(), len(pending))
+        workers = min(cfg.train.fold_workers or cpu_cores(), len(pending))
         log.warning("training %d folds in %d processes at a time", len(pending), workers)
         try:
             with ProcessPoolExecutor(workers, mp_context=fold_context(), initializer=_start_worker,
@@ -148,11 +148,6 @@ def fit_folds(run_dir: Path, cfg: Config, manifest, splits: dict, progress: bool
     return metrics, True
 
 
-def _cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def fold_threads(cfg: Config, callbacks: list | None = None) -> list[int] | None:
     """Threads of each fold's process when the folds train in parallel processes, else None.
 
@@ -169,7 +164,7 @@ def fold_threads(cfg: Config, callbacks: list | None = None) -> list[int] | None
                    or str(cfg.trainer.devices) not in ("1", "auto") or "ddp" in str(cfg.trainer.strategy))
     if callbacks or distributed or pick_device(cfg.trainer.accelerator).type != "cpu":
         return None
-    cores = _cores()
+    cores = cpu_cores()
     workers = min(cfg.train.fold_workers or cores, k)
     if workers < 2:
         return None
