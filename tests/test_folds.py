@@ -217,11 +217,16 @@ def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp
     else:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run = runs / "killed"
-    assert (run / "folds" / "fold_0" / "checkpoints" / "last.ckpt").is_file()
-    assert not (run / "folds" / "fold_0" / "fold_predictions.csv").exists()
+    # folds with a checkpoint and no predictions: killed mid-training. In turn: fold 0 alone. In
+    # parallel processes every fold process has the fault, and which folds had written a checkpoint
+    # when the pool broke depends on timing (they start together from a fork server): a fold the
+    # pool ended during its first epoch has none and trains from the start on resume
+    started = [f for f in range(3) if (run / "folds" / f"fold_{f}" / "checkpoints" / "last.ckpt").is_file()]
+    assert started == [0] if not parallel else len(started) >= 1, started
+    assert not any((run / "folds" / f"fold_{f}" / "fold_predictions.csv").exists() for f in started)
     resumed = _medclf("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "fold 0: resuming after epoch 0" in resumed.stderr
+    assert all(f"fold {f}: resuming after epoch 0" in resumed.stderr for f in started), resumed.stderr[-3000:]
     for name in ("validation_metrics.json", "test_metrics.json"):
         a = json.loads((runs / "full" / name).read_text())
         b = json.loads((run / name).read_text())
