@@ -62,10 +62,38 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(logits, labels, weight=self.class_weights,
                                label_smoothing=self.cfg.label_smoothing)
 
+    def _mixup_loss(self, images, labels):
+        """Logits ``(N, num_classes)`` of a mixup batch and its loss (``train.mixup_alpha``).
+
+        mixup (Zhang et al. 2018): image ``i`` becomes ``lam_i * x_i + (1 - lam_i) * x_perm(i)``
+        with ``lam_i ~ Beta(alpha, alpha)``, and its loss is the same combination of the
+        cross-entropies against both labels (normalised by the mixed class weights, as the
+        weighted mean of the plain loss is). MONAI's ``MixUp`` mixes segmentation-shaped
+        labels only, hence these few lines. The draws come from torch's global generator,
+        which :class:`~medclf.training.reliability.EpochSeeder` seeds from ``(seed, epoch)``.
+        """
+        n = len(labels)
+        lam = torch.distributions.Beta(self.cfg.mixup_alpha, self.cfg.mixup_alpha).sample((n,))
+        perm = torch.randperm(n)
+        lam, perm = lam.to(images.device), perm.to(images.device)
+        mixed = lam.view(-1, *[1] * (images.dim() - 1)).to(images.dtype) * images \
+            + (1 - lam).view(-1, *[1] * (images.dim() - 1)).to(images.dtype) * images[perm]
+        logits = self(mixed)
+        losses = [F.cross_entropy(logits, y, weight=self.class_weights, reduction="none",
+                                  label_smoothing=self.cfg.label_smoothing) for y in (labels, labels[perm])]
+        total = (lam * losses[0] + (1 - lam) * losses[1]).sum()
+        if self.class_weights is None:
+            return logits, total / n
+        weights = lam * self.class_weights[labels] + (1 - lam) * self.class_weights[labels[perm]]
+        return logits, total / weights.sum()
+
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        logits = self(images)
-        loss = self._loss(logits, labels)
+        if self.cfg.mixup_alpha > 0 and len(labels) > 1:
+            logits, loss = self._mixup_loss(images, labels)
+        else:
+            logits = self(images)
+            loss = self._loss(logits, labels)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "

@@ -7,9 +7,19 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .fit import class_weights
 from .module import Classifier
-from .tasks import MULTILABEL, REGRESSION, check_loss, multilabel_summary, pos_weight, regression_loss, target_scale
+from .tasks import (
+    CLASSIFICATION,
+    MULTILABEL,
+    REGRESSION,
+    check_loss,
+    multilabel_summary,
+    pos_weight,
+    regression_loss,
+    target_scale,
+)
 
 
 class MultilabelModule(Classifier):
@@ -74,10 +84,14 @@ def build_module(network, manifest, cfg, train_targets: torch.Tensor):
             :meth:`~medclf.data.sources.manifest.Manifest.targets`).
 
     Raises:
-        ConfigError: ``train.loss`` does not fit the task.
+        ConfigError: ``train.loss`` does not fit the task, or ``train.mixup_alpha`` is set
+            for a task other than classification.
     """
     task = manifest.task
     check_loss(task, cfg.train.loss, cfg.train.monitor)
+    if task != CLASSIFICATION and cfg.train.mixup_alpha > 0:
+        raise ConfigError(f"train.mixup_alpha={cfg.train.mixup_alpha}: mixup is for classification "
+                          f"(one class per image); this run's task is {task}. Set train.mixup_alpha=0.")
     if task == MULTILABEL:
         return MultilabelModule(network, manifest.num_classes, cfg.train,
                                 pos_weight(train_targets, cfg.train.class_weights))
