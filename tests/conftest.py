@@ -189,6 +189,34 @@ def covid_subset(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def warm_medclf():
+    """A :class:`warm_medclf.WarmMedclf` for the tests that run ``medclf`` as a process: its
+    ``run(args, env, timeout)`` is ``subprocess.run([python, "-m", "medclf.cli", *args], ...)``
+    in a fork of one server that imported medclf's commands once for the session (about 12 s
+    of imports saved a command on a 2-core machine; tests/warm_medclf.py). With
+    ``MEDCLF_TESTS_COLD=1``, or when the server fails to start, each command starts a fresh
+    interpreter instead (``socket`` is None)."""
+    import tempfile
+
+    from warm_medclf import WarmMedclf, start_server, stop_server
+    src = str(ROOT / "src")
+    if os.environ.get("MEDCLF_TESTS_COLD") == "1":
+        yield WarmMedclf(None, src)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="medclf-warm-"))  # short: a socket path holds ~100 bytes
+    path = folder / "socket"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "MPLBACKEND": "Agg"}
+    env.pop("MEDCLF_FAULT", None)
+    server = start_server(str(path), env)
+    yield WarmMedclf(str(path) if server else None, src)
+    if server:
+        stop_server(server)
+    path.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run trained for 3 epochs on generated disk/bar images with diagnostics on
     (histograms every 2 steps); it has a gallery, architecture files and report.html."""

@@ -16,7 +16,10 @@ these documented ways, and no other:
   every other entry of ``../shared/data`` is the real one;
 * ``bash scripts/setup.sh`` is only syntax-checked (``bash -n``): CI runs the real set-up
   before the tests (``.ci/run`` -> ``scripts/test.sh`` -> ``scripts/setup.sh``);
-  ``source .venv/bin/activate`` puts the wrapper on the PATH.
+  ``source .venv/bin/activate`` puts the wrapper on the PATH;
+* the wrapper runs its command in a fork of a server that has imported medclf once for the
+  session (tests/warm_medclf.py, conftest's ``warm_medclf``; ``MEDCLF_TESTS_COLD=1`` turns it
+  off): the same command, without its 12 s of imports.
 
 A block is skipped while it needs something that does not exist yet: a ``medclf``
 subcommand, an option of it, or a ``--set`` key (checked against ``build_parser()`` and the
@@ -53,6 +56,7 @@ from medclf.errors import MedclfError
 from conftest import ROOT, SHARED_DATA, missing, require_data, strict
 
 DOCS = ROOT / "docs"
+TESTS = Path(__file__).resolve().parent
 PAGES = [DOCS / "getting-started.md", *sorted((DOCS / "tutorials").glob("*.md"))]
 FAST_SET = ["train.max_epochs=1"]
 FAST_OPTIONS = {"--trials": "2", "--n-trials": "2"}
@@ -201,6 +205,8 @@ WRAPPER = '''#!{python}
 """medclf with the docs test's small budgets (see tests/test_docs_commands.py)."""
 import json, os, sys
 sys.path.insert(0, {src!r})
+sys.path.insert(0, {tests!r})
+from warm_medclf import run_warm
 from medclf.cli import build_parser, main
 
 
@@ -224,7 +230,9 @@ def with_docs_settings(argv):
 
 
 if __name__ == "__main__":  # the k-fold protocol's fold processes import this file again (spawn)
-    sys.exit(main(with_docs_settings(sys.argv[1:])))
+    argv = with_docs_settings(sys.argv[1:])
+    code = run_warm(argv)  # in a fork of the warm server (tests/warm_medclf.py), if there is one
+    sys.exit(main(argv) if code is None else code)
 '''
 
 
@@ -237,7 +245,7 @@ def make_workspace(root: Path) -> Path:
             (project / entry.name).symlink_to(entry)
     bin_dir = project / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "medclf").write_text(WRAPPER.format(python=sys.executable, src=str(ROOT / "src")))
+    (bin_dir / "medclf").write_text(WRAPPER.format(python=sys.executable, src=str(ROOT / "src"), tests=str(TESTS)))
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     for tool in ("medclf", "python", "python3"):
@@ -261,16 +269,27 @@ def make_workspace(root: Path) -> Path:
     return project
 
 
-def run_block(block: str, project: Path, page: Page) -> subprocess.CompletedProcess:
+@pytest.fixture
+def warm_server(warm_medclf) -> str | None:
+    """The socket of the session's warm medclf (tests/warm_medclf.py; conftest's ``warm_medclf``),
+    or None: each ``medclf`` of a block then imports medclf itself, as in a user's shell."""
+    return warm_medclf.socket
+
+
+def run_block(block: str, project: Path, page: Page, warm: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``block`` with ``bash -c`` in ``project``; ``warm``: the socket of a warm medclf server."""
     for pattern, replacement in SUBSTITUTIONS:
         block = pattern.sub(replacement, block)
     bin_dir = project / ".venv" / "bin"
     env = {**os.environ,
-           "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           # PYTHONPATH and MPLBACKEND as the warm server (conftest's warm_medclf) has them
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "MPLBACKEND": "Agg", "COLUMNS": "120",
+           "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
            "MEDCLF_DOCS_SET": json.dumps(FAST_SET + page.overrides),
-           "MEDCLF_DOCS_OPTIONS": json.dumps(FAST_OPTIONS),
-           "MPLBACKEND": "Agg", "COLUMNS": "120"}
+           "MEDCLF_DOCS_OPTIONS": json.dumps(FAST_OPTIONS)}
+    if warm:
+        env["MEDCLF_DOCS_WARM"] = warm
     process = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + block], cwd=project, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -403,7 +422,7 @@ def test_a_block_naming_what_does_not_exist_fails_under_ci(monkeypatch):
 
 
 @pytest.mark.parametrize("path, index", CASES, ids=[f"{p.stem}-{i}" for p, i in CASES])
-def test_doc_command_block(path, index, tmp_path_factory):
+def test_doc_command_block(path, index, tmp_path_factory, warm_server):
     require_data(SHARED_DATA)
     page = parse_page(path)
     state = _STATE.setdefault(path, {})
@@ -422,11 +441,42 @@ def test_doc_command_block(path, index, tmp_path_factory):
     if reason:
         state["pending"] = f"{path.name} block {index} and later: {reason}"
         _pending(state)
-    done = run_block(block, state["project"], page)
+    done = run_block(block, state["project"], page, warm_server)
     if done.returncode != 0:
         state["failed"] = True
     assert done.returncode == 0, (f"{path.name}, block {index} failed with status {done.returncode}:\n"
                                   f"{block}\n--- output (tail) ---\n{done.stdout[-4000:]}")
+
+
+def test_the_warm_medclf_runs_commands_as_a_shell_would(tmp_path, warm_server, capfd, monkeypatch):
+    """Through the warm server (tests/warm_medclf.py) a command's output and exit status come back,
+    a SIGTERM to the command reaches it, and killing the command with SIGKILL (as the block
+    timeout does) ends the work it started."""
+    from warm_medclf import run_warm
+    if os.environ.get("MEDCLF_TESTS_COLD") == "1":
+        pytest.skip("MEDCLF_TESTS_COLD=1: no warm server")
+    assert warm_server is not None, "the warm medclf server did not start"
+    monkeypatch.setenv("MEDCLF_DOCS_WARM", warm_server)
+    capfd.readouterr()
+    assert run_warm(["nosuchcommand"]) == 2  # argparse's status, from the fork
+    assert "invalid choice: 'nosuchcommand'" in capfd.readouterr().err
+    monkeypatch.setenv("MEDCLF_DOCS_WARM", str(tmp_path / "no-server"))
+    assert run_warm(["nosuchcommand"]) is None  # no server: the wrapper runs medclf itself
+
+    project = make_workspace(tmp_path / "ws")
+    page = Page(tmp_path / "page.md", [])
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("TERM", "KILL"):
+        block = (f"mkdir -p served\nmedclf serve served --port {port} &\n"
+                 f"curl -sf --retry 90 --retry-connrefused --retry-delay 1 http://127.0.0.1:{port}/api/health\n"
+                 f"echo; echo up\nkill -{name} $!\nwait $! || true\n"
+                 f"for i in $(seq 100); do curl -s http://127.0.0.1:{port}/api/health >/dev/null || "
+                 f"{{ echo down; exit 0; }}; sleep 0.2; done\necho still up\n")
+        done = run_block(block, project, page, warm_server)
+        assert "\nup\n" in done.stdout and "down" in done.stdout, (name, done.stdout[-2000:])
 
 
 def test_a_failing_command_fails_its_block(tmp_path):

@@ -130,13 +130,13 @@ ARGS = ["--set", "train.folds=3", "--set", "train.max_epochs=3", "--set", "data.
         "--set", "trainer.accelerator=cpu", "--set", "seed=3", "--set", "eval.bootstrap=0", "--no-progress"]
 
 
-def _medclf(*args, fault=None):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _medclf(warm, *args, fault=None):
+    """``medclf ARGS`` as a process (a fork of conftest's warm server), with fault injection."""
+    env = dict(os.environ)
     env.pop("MEDCLF_FAULT", None)
     if fault:
         env["MEDCLF_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "medclf.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return warm.run(args, env, timeout=600)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -197,7 +197,7 @@ def test_killing_the_run_kills_its_fold_processes(tmp_path):
 
 
 @pytest.mark.parametrize("workers", ["1", "0"], ids=["folds-in-turn", "fold-processes"])
-def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp_path, workers):
+def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp_path, workers, warm_medclf):
     """SIGKILL in fold 0 (epoch 1, batch 1), resume: the out-of-fold and test figures equal an
     uninterrupted run's; the run predicts with the ensemble. With ``train.fold_workers=1`` the
     run itself is killed; with parallel fold processes (auto, on a CPU with 2+ cores) the
@@ -205,12 +205,12 @@ def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp
     data = make_dataset(tmp_path / "data", per_class=(12, 12))
     runs = tmp_path / "runs"
     args = [*ARGS, "--set", f"train.fold_workers={workers}"]
-    full = _medclf("train", str(data), "--out", str(runs), "--name", "full", *args)
+    full = _medclf(warm_medclf, "train", str(data), "--out", str(runs), "--name", "full", *args)
     assert full.returncode == 0, full.stderr[-3000:]
     parallel = workers == "0" and len(os.sched_getaffinity(0)) >= 2
     assert ("folds in 2 processes at a time" in full.stderr) == parallel
     # batch=1:1 fires in the first fold that reaches epoch 1 batch 1 (fold 0): kill it there
-    killed = _medclf("train", str(data), "--out", str(runs), "--name", "killed", *args, fault="batch=1:1")
+    killed = _medclf(warm_medclf, "train", str(data), "--out", str(runs), "--name", "killed", *args, fault="batch=1:1")
     if parallel:
         assert killed.returncode == 2 and "a fold process died" in killed.stderr, killed.stderr[-2000:]
         assert "medclf train --resume" in killed.stderr
@@ -224,7 +224,7 @@ def test_an_ensemble_run_killed_mid_fold_resumes_to_the_uninterrupted_result(tmp
     started = [f for f in range(3) if (run / "folds" / f"fold_{f}" / "checkpoints" / "last.ckpt").is_file()]
     assert started == [0] if not parallel else len(started) >= 1, started
     assert not any((run / "folds" / f"fold_{f}" / "fold_predictions.csv").exists() for f in started)
-    resumed = _medclf("train", "--resume", str(run), "--no-progress")
+    resumed = _medclf(warm_medclf, "train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert all(f"fold {f}: resuming after epoch 0" in resumed.stderr for f in started), resumed.stderr[-3000:]
     for name in ("validation_metrics.json", "test_metrics.json"):

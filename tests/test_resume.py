@@ -3,8 +3,6 @@ with an uninterrupted run; two deterministic runs give the same metrics.csv."""
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +13,6 @@ from medclf.cli import main
 
 from conftest import make_dataset
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 ARGS = ["--set", "train.max_epochs=3", "--set", "data.image_size=[24,24]", "--set", "model.filters=[4,8]",
         "--set", "train.batch_size=4", "--set", "trainer.deterministic=true",
         "--set", "trainer.accelerator=cpu", "--set", "seed=7", "--set", "train.keep_weights=best",
@@ -25,13 +22,13 @@ SAME = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "tr
         "val_balanced_accuracy", "train_roc_auc", "val_roc_auc", "lr"]
 
 
-def medclf(*args, fault=None):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def medclf(warm, *args, fault=None):
+    """``medclf ARGS`` as a process (a fork of conftest's warm server), with fault injection."""
+    env = dict(os.environ)
     env.pop("MEDCLF_FAULT", None)
     if fault:
         env["MEDCLF_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "medclf.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return warm.run(args, env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +47,8 @@ def final(run: Path):
                                           "checkpoint_epoch")}
 
 
-def kill_and_check(run: Path, args, fault: str, killed_epoch: int) -> None:
-    killed = medclf(*args, fault=fault)
+def kill_and_check(warm, run: Path, args, fault: str, killed_epoch: int) -> None:
+    killed = medclf(warm, *args, fault=fault)
     assert killed.returncode == -signal.SIGKILL, (fault, killed.stdout[-2000:], killed.stderr[-2000:])
     assert not (run / "test_metrics.json").exists()
     # the last complete checkpoint is intact and is the one before the killed epoch
@@ -61,21 +58,21 @@ def kill_and_check(run: Path, args, fault: str, killed_epoch: int) -> None:
     assert bool(stray) == fault.startswith("checkpoint_write")  # the torn write stayed a temporary file
 
 
-def test_killed_run_resumes_to_the_same_result(reference):
+def test_killed_run_resumes_to_the_same_result(reference, warm_medclf):
     """SIGKILL during the first checkpoint write of epoch 1, resume, SIGKILL at batch 2 of
     epoch 2, resume again: metrics.csv and the test metrics equal the uninterrupted run's,
     and each resumed process starts at the epoch that was killed."""
     data, runs, full = reference
     run = runs / "killed"
     # epoch 0 writes best.ckpt and last.ckpt (writes 1 and 2); write 3 is in epoch 1
-    kill_and_check(run, ["train", str(data), "--out", str(runs), "--name", "killed", *ARGS],
+    kill_and_check(warm_medclf, run, ["train", str(data), "--out", str(runs), "--name", "killed", *ARGS],
                    "checkpoint_write=3", killed_epoch=1)
-    kill_and_check(run, ["train", "--resume", str(run), "--no-progress"], "batch=2:2", killed_epoch=2)
+    kill_and_check(warm_medclf, run, ["train", "--resume", str(run), "--no-progress"], "batch=2:2", killed_epoch=2)
     assert not list(run.rglob(".*.tmp"))  # the first resume removed the torn temporary file
     epochs = pd.read_csv(run / "metrics.csv").epoch.tolist()
     assert epochs == [0, 1] or epochs == [0, 1, 2]  # a row may precede its checkpoint
 
-    resumed = medclf("train", "--resume", str(run), "--no-progress")
+    resumed = medclf(warm_medclf, "train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.strip().splitlines()[-1] == str(run)
     test = json.loads((run / "test_metrics.json").read_text())

@@ -77,7 +77,7 @@ def _study(path):
     return optuna.load_study(study_name=path.name, storage=f"sqlite:///{path / 'study.db'}")
 
 
-def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path):
+def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path, warm_medclf):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: [1.0e-3, 3.0e-3]\nmodel.dropout: {low: 0.0, high: 0.3, step: 0.3}\n"
                      "model.filters: {choices: [[8, 16], [8]]}\n")  # 2 x 2 x 2 = 8 points
@@ -111,7 +111,7 @@ def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path)
         pytest.fail("in 3 attempts the kill always landed after the running trial had finished")
     assert _study(search).trials[killed_at].state == optuna.trial.TrialState.RUNNING
 
-    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    again = warm_medclf.run(command[3:], _env(), timeout=300)  # the same command, in a fork of the warm server
     assert again.returncode == 0, again.stderr[-3000:]
     trials = _study(search).trials
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
