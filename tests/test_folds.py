@@ -170,21 +170,20 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
-def test_killing_the_run_kills_its_fold_processes(tmp_path):
+def test_killing_the_run_kills_its_fold_processes(tmp_path, warm_medclf):
     """SIGKILL to ``medclf train`` while two fold processes train: neither outlives it (they
     are copies of a fork server, not the run's children), so none goes on writing checkpoints
     into a run directory that --resume is about to use."""
     data = make_dataset(tmp_path / "data", per_class=(16, 16))
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = dict(os.environ)
     env.pop("MEDCLF_FAULT", None)
     args = [*ARGS, "--set", "train.max_epochs=200", "--set", "train.fold_workers=2"]
-    run = subprocess.Popen([sys.executable, "-m", "medclf.cli", "train", str(data), "--out", str(tmp_path / "runs"),
-                            "--name", "killed", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = warm_medclf.start(["train", data, "--out", tmp_path / "runs", "--name", "killed", *args], env)
     checkpoint = tmp_path / "runs" / "killed" / "folds" / "fold_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert checkpoint.exists(), run.stderr.read().decode()[-2000:] if run.poll() is not None else "no checkpoint"
+    assert checkpoint.exists(), run.communicate()[1][-2000:] if run.poll() is not None else "no checkpoint"
     below = _descendants(run.pid)
     assert len(below) >= 3, below  # the fork server and two fold processes (and the resource tracker)
     run.kill()
@@ -193,7 +192,7 @@ def test_killing_the_run_kills_its_fold_processes(tmp_path):
     while _alive(below) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(below), f"processes outlived the killed run: {_alive(below)}"
-    run.stderr.close()
+    run.communicate()
 
 
 @pytest.mark.parametrize("workers", ["1", "0"], ids=["folds-in-turn", "fold-processes"])

@@ -86,7 +86,7 @@ def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path,
         name = f"grid{attempt}"
         command = tune_command(tiny_dataset, space, out, "--sampler", "grid", "--trials", "5", "--name", name)
         search = out / name
-        first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first = warm_medclf.start(command[3:], _env())  # `python -m medclf.cli` is command[:3]
         killed_at = None
         deadline = time.time() + 240
         while time.time() < deadline and first.poll() is None:
@@ -103,15 +103,15 @@ def test_grid_search_killed_and_resumed_repeats_no_point(tiny_dataset, tmp_path,
                 first.send_signal(signal.SIGKILL)  # no clean-up at all: the trial stays RUNNING
                 killed_at = running[0].number
                 break
-        first.wait(timeout=60)
-        assert killed_at is not None, f"search ended before it could be killed: {first.stderr.read()[-2000:]}"
+        _, err = first.communicate(timeout=60)
+        assert killed_at is not None, f"search ended before it could be killed: {err[-2000:]}"
         if _study(search).trials[killed_at].state == optuna.trial.TrialState.RUNNING:
             break
     else:
         pytest.fail("in 3 attempts the kill always landed after the running trial had finished")
     assert _study(search).trials[killed_at].state == optuna.trial.TrialState.RUNNING
 
-    again = warm_medclf.run(command[3:], _env(), timeout=300)  # the same command, in a fork of the warm server
+    again = warm_medclf.run(command[3:], _env(), timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = _study(search).trials
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -57,7 +57,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_share_one_postgres_study(tiny_dataset, tmp_path, postgres_url):
+def test_two_workers_share_one_postgres_study(tiny_dataset, tmp_path, postgres_url, warm_medclf):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: [1.0e-3, 1.0e-2]\nmodel.dropout: [0.0, 0.3]\n")  # 4 grid points
     workers = []
@@ -66,8 +66,7 @@ def test_two_workers_share_one_postgres_study(tiny_dataset, tmp_path, postgres_u
                    "--sampler", "grid", "--storage", postgres_url, "--name", "shared",
                    "--out", str(tmp_path / f"worker{i}"), *BASE,
                    "--set", "train.max_epochs=1"]
-        workers.append(subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True))
+        workers.append(warm_medclf.start(command[3:], _env()))  # in forks of the warm server
     results = [w.communicate(timeout=400) for w in workers]
     for worker, (_, err) in zip(workers, results):
         assert worker.returncode == 0, err[-3000:]

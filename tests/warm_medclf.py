@@ -18,7 +18,8 @@ client's connection closes before the child ended (the client was killed, e.g. b
 timeout), the server kills the child's group.
 
 Clients: :func:`run_warm` (the docs test's ``medclf`` wrapper; it forwards SIGTERM, SIGINT
-and SIGHUP to the command) and :func:`run_medclf` (a test's ``subprocess.run`` of medclf).
+and SIGHUP to the command) and :class:`WarmProcess` (a test's ``subprocess.Popen`` of medclf,
+through :class:`WarmMedclf`).
 Run the server as ``python tests/warm_medclf.py SOCKET``; it prints ``ready`` when it
 accepts commands (:func:`start_server` does that for a pytest fixture).
 """
@@ -222,36 +223,69 @@ def run_warm(argv: list[str]) -> int | None:
     return code if code >= 0 else 128 - code
 
 
-def run_medclf(path: str, args, env: dict, timeout: float = 600, cwd: str | None = None):
-    """``subprocess.run([python, "-m", "medclf.cli", *args], env=env, capture_output=True,
-    text=True, timeout=timeout)``, in a fork of the warm server at ``path``.
-
-    Returns:
-        a :class:`subprocess.CompletedProcess` (``returncode`` negative when killed by a signal).
+class WarmProcess:
+    """``medclf ARGS`` running in a fork of the warm server at ``path``, with the part of
+    :class:`subprocess.Popen`'s interface the tests use: ``pid``, ``returncode`` (negative when
+    killed by a signal), :meth:`poll`, :meth:`wait`, :meth:`communicate` (text),
+    :meth:`send_signal` and :meth:`kill` (to the command's process, as Popen's), and
+    :meth:`kill_group`. Standard input is empty; standard output and error are captured.
 
     Raises:
         OSError: no server answers at ``path``.
-        subprocess.TimeoutExpired: the command ran past ``timeout`` seconds (its process group
-            is killed first).
     """
-    import subprocess
-    import tempfile
-    args = [str(a) for a in args]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull) as nothing:
-        conn, reader, pid = _send(path, args, [nothing.fileno(), out.fileno(), err.fileno()], dict(env),
-                                  cwd or os.getcwd())
-        conn.settimeout(timeout)
+
+    def __init__(self, path: str, args, env: dict):
+        import tempfile
+        self.args = ["medclf", *args]
+        self.returncode = None
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        with open(os.devnull) as nothing:
+            self._conn, reader, self.pid = _send(path, list(args), [nothing.fileno(), self._out.fileno(),
+                                                                    self._err.fileno()], env, os.getcwd())
+        self._waiter = threading.Thread(target=self._wait_exit, args=(reader,), daemon=True)
+        self._waiter.start()
+
+    def _wait_exit(self, reader) -> None:
         try:
             line = reader.readline()
-        except TimeoutError:
-            _kill_group(pid)
-            raise subprocess.TimeoutExpired(["medclf", *args], timeout) from None
-        finally:
-            conn.close()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(["medclf", *args], _exit_status(line),
-                                           out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        except OSError:
+            line = ""
+        self._conn.close()
+        self.returncode = _exit_status(line)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+        self._waiter.join(timeout)
+        if self._waiter.is_alive():
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        texts = []
+        for file in (self._out, self._err):
+            file.seek(0)
+            texts.append(file.read().decode(errors="replace"))
+            file.close()
+        return texts[0], texts[1]
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the command's process (only: its fold processes must notice its end themselves)."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL the command's process group: it and every process it started."""
+        _kill_group(self.pid)
 
 
 def start_server(path: str, env: dict):
@@ -279,8 +313,8 @@ def stop_server(server) -> None:
 
 
 class WarmMedclf:
-    """A running server and its :meth:`run`, or none (``socket`` None: :meth:`run` starts a fresh
-    interpreter, as a test did before).
+    """A running server and the commands it starts (:meth:`start`, :meth:`run`), or none
+    (``socket`` None: they start a fresh interpreter, as a test did before).
 
     Args:
         socket_path: the server's socket, or None.
@@ -291,16 +325,35 @@ class WarmMedclf:
         self.socket = socket_path
         self.src = src
 
-    def run(self, args, env: dict | None = None, timeout: float = 600):
-        """``medclf ARGS`` with ``env`` (default: this environment), its output captured as
-        text; see :func:`run_medclf`."""
+    def start(self, args, env: dict | None = None):
+        """Start ``medclf ARGS`` with ``env`` (default: this environment) and ``src`` first on
+        its PYTHONPATH: a :class:`WarmProcess`, or without a server a :class:`subprocess.Popen`
+        of ``python -m medclf.cli`` with its output captured as text."""
         import subprocess
+        args = [str(a) for a in args]
         env = dict(os.environ if env is None else env)
         env["PYTHONPATH"] = os.pathsep.join([self.src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         if self.socket:
-            return run_medclf(self.socket, args, env, timeout)
-        return subprocess.run([sys.executable, "-m", "medclf.cli", *map(str, args)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+            return WarmProcess(self.socket, args, env)
+        return subprocess.Popen([sys.executable, "-m", "medclf.cli", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def run(self, args, env: dict | None = None, timeout: float = 600):
+        """As ``subprocess.run(..., capture_output=True, text=True, timeout=timeout)``: the
+        finished command as a :class:`subprocess.CompletedProcess`.
+
+        Raises:
+            subprocess.TimeoutExpired: it ran past ``timeout`` seconds (it is killed first).
+        """
+        import subprocess
+        process = self.start(args, env)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill_group() if isinstance(process, WarmProcess) else process.kill()
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 if __name__ == "__main__":
