@@ -6,8 +6,6 @@ import base64
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -46,7 +44,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["torch", "onnx"])
-def server(trained, request):
+def server(trained, request, warm_medclf):
     """``medclf serve --backend torch|onnx`` in a subprocess on a free loopback port, over one
     covid run; yields once the service is ready (``/api/ready``: model loaded and warm)."""
     if request.param == "onnx":
@@ -54,10 +52,8 @@ def server(trained, request):
     root = trained / request.param
     root.mkdir()
     port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(trained / "runs"),
-                                "--host", "127.0.0.1", "--port", str(port), "--backend", request.param],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = warm_medclf.start(["serve", trained / "runs", "--host", "127.0.0.1", "--port", port,
+                                 "--backend", request.param])  # in a fork of the warm server (conftest)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -67,15 +63,16 @@ def server(trained, request):
                         break
             except OSError:
                 if process.poll() is not None:
-                    raise RuntimeError((root / "server.log").read_text())
+                    raise RuntimeError("".join(process.communicate()))
                 time.sleep(0.2)
         else:
-            raise RuntimeError("server did not start: " + (root / "server.log").read_text())
+            process.kill()
+            raise RuntimeError("server did not start: " + "".join(process.communicate()))
         yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
-        log.close()
+        process.communicate()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ their threshold) and a regression run (a number with its interval), in headless 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -22,7 +20,7 @@ FAST = ["train.max_epochs=3", "data.image_size=[32,32]", "model.filters=[8,16]",
 
 
 @pytest.fixture(scope="module")
-def task_server(tmp_path_factory):
+def task_server(tmp_path_factory, warm_medclf):
     """``medclf serve`` over one multilabel and one regression run trained on generated images."""
     root = tmp_path_factory.mktemp("browser-tasks")
     ml = make_multilabel_csv(root / "ml", n=60)
@@ -32,9 +30,7 @@ def task_server(tmp_path_factory):
     medclf.train(str(rg), out=root / "runs", name="radius", progress=False,
                  overrides=FAST + ["data.label_columns=[radius]"])
     port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "medclf.cli", "serve", str(root / "runs"),
-                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    process = warm_medclf.start(["serve", root / "runs", "--host", "127.0.0.1", "--port", port])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -44,13 +40,13 @@ def task_server(tmp_path_factory):
                         break
             except OSError:
                 if process.poll() is not None:
-                    raise RuntimeError((root / "server.log").read_text())
+                    raise RuntimeError("".join(process.communicate()))
                 time.sleep(0.2)
         yield url, root
     finally:
         process.terminate()
         process.wait(timeout=20)
-        log.close()
+        process.communicate()
 
 
 @pytest.fixture(scope="module")

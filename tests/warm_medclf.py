@@ -283,9 +283,45 @@ class WarmProcess:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
     def kill_group(self) -> None:
         """SIGKILL the command's process group: it and every process it started."""
         _kill_group(self.pid)
+
+
+class ColdProcess:
+    """:class:`WarmProcess`'s interface over a fresh ``python -m medclf.cli`` (a
+    :class:`subprocess.Popen` whose output goes to temporary files, so that a long-running
+    command never blocks on a full pipe)."""
+
+    def __init__(self, argv: list[str], env: dict):
+        import subprocess
+        import tempfile
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err)
+        self.args, self.pid = argv, self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._popen.wait(timeout)
+
+    communicate = WarmProcess.communicate
+
+    def send_signal(self, signum: int) -> None:
+        self._popen.send_signal(signum)
+
+    kill, terminate = WarmProcess.kill, WarmProcess.terminate
+
+    def kill_group(self) -> None:
+        self.kill()  # it shares the tests' process group: the process alone
 
 
 def start_server(path: str, env: dict):
@@ -327,16 +363,13 @@ class WarmMedclf:
 
     def start(self, args, env: dict | None = None):
         """Start ``medclf ARGS`` with ``env`` (default: this environment) and ``src`` first on
-        its PYTHONPATH: a :class:`WarmProcess`, or without a server a :class:`subprocess.Popen`
-        of ``python -m medclf.cli`` with its output captured as text."""
-        import subprocess
+        its PYTHONPATH: a :class:`WarmProcess`, or without a server a :class:`ColdProcess`."""
         args = [str(a) for a in args]
         env = dict(os.environ if env is None else env)
         env["PYTHONPATH"] = os.pathsep.join([self.src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         if self.socket:
             return WarmProcess(self.socket, args, env)
-        return subprocess.Popen([sys.executable, "-m", "medclf.cli", *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return ColdProcess([sys.executable, "-m", "medclf.cli", *args], env)
 
     def run(self, args, env: dict | None = None, timeout: float = 600):
         """As ``subprocess.run(..., capture_output=True, text=True, timeout=timeout)``: the
@@ -350,7 +383,7 @@ class WarmMedclf:
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill_group() if isinstance(process, WarmProcess) else process.kill()
+            process.kill_group()
             process.wait()
             raise
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
