@@ -13,7 +13,9 @@ these documented ways, and no other:
   :data:`FAST_OPTIONS` (e.g. ``--trials 2``);
 * ``../shared/data/covid19-xray`` is a subset of the real dataset: the first
   :data:`COVID_SUBSET` images (sorted by name) of each class folder, as symbolic links;
-  every other entry of ``../shared/data`` is the real one;
+  each ``../shared/data/medmnist/*.npz`` is a subset too: about :data:`MEDMNIST_SUBSET`
+  images of each split, the first of each class in the split's class proportions (at least
+  3 a class); every other entry of ``../shared/data`` is the real one;
 * ``bash scripts/setup.sh`` is only syntax-checked (``bash -n``): CI runs the real set-up
   before the tests (``.ci/run`` -> ``scripts/test.sh`` -> ``scripts/setup.sh``);
   ``source .venv/bin/activate`` puts the wrapper on the PATH;
@@ -61,6 +63,7 @@ PAGES = [DOCS / "getting-started.md", *sorted((DOCS / "tutorials").glob("*.md"))
 FAST_SET = ["train.max_epochs=1"]
 FAST_OPTIONS = {"--trials": "2", "--n-trials": "2"}
 COVID_SUBSET = {"train": 6, "val": 2, "test": 3}
+MEDMNIST_SUBSET = {"train": 300, "val": 60, "test": 90}
 SUBSTITUTIONS = [(re.compile(r"^bash scripts/setup\.sh\b.*$", re.M), "bash -n scripts/setup.sh")]
 BLOCK_TIMEOUT_S = 300
 
@@ -236,6 +239,36 @@ if __name__ == "__main__":  # the k-fold protocol's fold processes import this f
 '''
 
 
+_SUBSETS: dict[Path, Path] = {}
+
+
+def _medmnist_subset(path: Path) -> Path:
+    """A copy of a MedMNIST ``.npz`` with about :data:`MEDMNIST_SUBSET` images a split (made once
+    a session, in a temporary folder): per class, the first ones, in the split's proportions."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import numpy as np
+    if path not in _SUBSETS:
+        folder = Path(tempfile.mkdtemp(prefix="medclf-docs-medmnist-"))
+        atexit.register(shutil.rmtree, folder, True)
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        for split, n in MEDMNIST_SUBSET.items():
+            if f"{split}_labels" not in arrays:
+                continue
+            labels = arrays[f"{split}_labels"].reshape(len(arrays[f"{split}_labels"]), -1)[:, 0]
+            classes, counts = np.unique(labels, return_counts=True)
+            keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:max(3, round(n * k / len(labels)))]
+                                           for c, k in zip(classes, counts)]))
+            for key in (f"{split}_images", f"{split}_labels"):
+                arrays[key] = arrays[key][keep]
+        np.savez_compressed(folder / path.name, **arrays)
+        _SUBSETS[path] = folder / path.name
+    return _SUBSETS[path]
+
+
 def make_workspace(root: Path) -> Path:
     """``root/project`` (the working directory) and ``root/shared/data`` beside it."""
     project = root / "project"
@@ -256,7 +289,12 @@ def make_workspace(root: Path) -> Path:
     data.mkdir(parents=True)
     if SHARED_DATA.is_dir():
         for entry in SHARED_DATA.iterdir():
-            if entry.name != "covid19-xray":
+            if entry.name == "medmnist" and entry.is_dir():
+                (data / entry.name).mkdir()
+                for item in entry.iterdir():
+                    target = _medmnist_subset(item) if item.suffix == ".npz" else item
+                    (data / entry.name / item.name).symlink_to(target)
+            elif entry.name != "covid19-xray":
                 (data / entry.name).symlink_to(entry)
     covid = SHARED_DATA / "covid19-xray"
     if covid.is_dir():
