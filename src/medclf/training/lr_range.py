@@ -45,6 +45,7 @@ def lr_range_test(model: nn.Module, images, labels, cfg, out: Path | None, num_t
     run_cfg.train.schedule = "none"
     run_cfg.train.batch_size = min(run_cfg.train.batch_size, len(labels))
     run_cfg.train.label_smoothing = 0.0
+    run_cfg.train.mixup_alpha = 0.0  # the range test reads the plain loss, as augmentation is off
     if run_cfg.train.lr == "auto":
         run_cfg.train.lr = 1e-3  # any number: lr_find sets the learning rate of every step
     module = Classifier(model, num_classes or int(labels.max()) + 1, run_cfg.train)
