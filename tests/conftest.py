@@ -27,6 +27,14 @@ SHARED_DATA = Path(os.environ.get("MEDCLF_SHARED_DATA", ROOT.parent / "shared" /
 COVID = SHARED_DATA / "covid19-xray"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def install_hint(package: str) -> str:
     """How to install a Debian package the tests need."""
     return f"sudo apt-get install -y {package} (bash scripts/test.sh installs it when run as root)"

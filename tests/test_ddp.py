@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 
 def test_ddp_two_cpu_processes_write_one_run_directory(tiny_dataset, tmp_path):
@@ -36,13 +36,6 @@ def test_ddp_two_cpu_processes_write_one_run_directory(tiny_dataset, tmp_path):
     assert not list(Path(tmp_path).glob("**/medclf-rank*"))
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_torchrun_two_nodes_train_one_run_from_the_disk_cache(tmp_path):
     """Two "machines" on localhost (torchrun --nnodes 2, one gloo process each, static
     rendezvous, node ranks 0 and 1) train one run from the shared disk shard, each rank
@@ -52,7 +45,7 @@ def test_torchrun_two_nodes_train_one_run_from_the_disk_cache(tmp_path):
     from conftest import make_dataset
     data = make_dataset(tmp_path / "data", per_class=(20, 20))
     out, cache = tmp_path / "runs", tmp_path / "cache"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MEDCLF_RUN_DIR", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)

@@ -55,7 +55,7 @@ from medclf import docgen
 from medclf.cli import build_parser
 from medclf.errors import MedclfError
 
-from conftest import ROOT, SHARED_DATA, missing, require_data, strict
+from conftest import ROOT, SHARED_DATA, free_port, missing, require_data, strict
 
 DOCS = ROOT / "docs"
 TESTS = Path(__file__).resolve().parent
@@ -508,10 +508,7 @@ def test_the_warm_medclf_runs_commands_as_a_shell_would(tmp_path, warm_server, c
 
     project = make_workspace(tmp_path / "ws")
     page = Page(tmp_path / "page.md", [])
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     for name in ("TERM", "KILL"):
         block = (f"mkdir -p served\nmedclf serve served --port {port} &\n"
                  f"curl -sf --retry 90 --retry-connrefused --retry-delay 1 http://127.0.0.1:{port}/api/health\n"

@@ -4,7 +4,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,14 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import require_postgres
+from conftest import free_port, require_postgres
 from test_search import BASE, _env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def postgres_url():
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{command}: {done.stdout}\n{done.stderr}"
 
-    port = _free_port()
+    port = free_port()
     run(bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "postgres", "--no-sync")
     run(bindir / "pg_ctl", "-D", root / "data", "-l", root / "server.log", "-w", "-t", "60",
         "-o", f"-p {port} -k {root} -c listen_addresses='' -c fsync=off", "start")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -14,19 +13,13 @@ import pytest
 
 import medclf
 
-from conftest import COVID, needs_chromium, needs_data, require_chromium
+from conftest import COVID, free_port, needs_chromium, needs_data, require_chromium
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 FAST = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8"]
 
 pytestmark = [needs_chromium, needs_data(COVID)]  # fail under CI=true when missing, skip otherwise
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import urllib.request
 
 import pytest
 from taskdata import FINDINGS, make_multilabel_csv, make_regression_csv
-from test_serve_browser import FLAGS, free_port, save_screenshot
+from test_serve_browser import FLAGS, save_screenshot
 
 import medclf
 
-from conftest import needs_chromium, require_chromium
+from conftest import free_port, needs_chromium, require_chromium
 
 pytestmark = [needs_chromium]
 FAST = ["train.max_epochs=3", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=16",

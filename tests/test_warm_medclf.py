@@ -10,6 +10,8 @@ import pytest
 
 from medclf.version import __version__
 
+from conftest import free_port
+
 
 @pytest.fixture
 def warm(warm_medclf):
@@ -41,9 +43,7 @@ def test_a_forked_command_returns_its_status_and_output(warm, tiny_dataset):
 
 
 def test_a_command_past_its_timeout_is_killed(warm, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     started, answered = time.monotonic(), []
 
     def watch():  # the service comes up before the timeout ends it

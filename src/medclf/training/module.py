@@ -76,8 +76,8 @@ class Classifier(L.LightningModule):
         lam = torch.distributions.Beta(self.cfg.mixup_alpha, self.cfg.mixup_alpha).sample((n,))
         perm = torch.randperm(n)
         lam, perm = lam.to(images.device), perm.to(images.device)
-        mixed = lam.view(-1, *[1] * (images.dim() - 1)).to(images.dtype) * images \
-            + (1 - lam).view(-1, *[1] * (images.dim() - 1)).to(images.dtype) * images[perm]
+        weight = lam.view(-1, *[1] * (images.dim() - 1)).to(images.dtype)
+        mixed = weight * images + (1 - weight) * images[perm]
         logits = self(mixed)
         losses = [F.cross_entropy(logits, y, weight=self.class_weights, reduction="none",
                                   label_smoothing=self.cfg.label_smoothing) for y in (labels, labels[perm])]
