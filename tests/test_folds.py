@@ -169,6 +169,27 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+def test_the_fold_server_starts_only_for_a_run_that_trains_fold_processes(tiny_dataset, tmp_path, monkeypatch):
+    """A run that trains one model starts no fork server (its imports would cost a 2-core
+    machine about 10 s of one core for nothing); a k-fold run on two processes starts it."""
+    import medclf.commands.train as train_command
+
+    class Started(Exception):
+        pass
+
+    def start_fold_server():
+        raise Started
+
+    monkeypatch.setattr(train_command, "start_fold_server", start_fold_server)
+    overrides = [arg for arg in ARGS if arg not in ("--set", "--no-progress")] + ["train.max_epochs=1"]
+    result = train_command.train(str(tiny_dataset), out=tmp_path / "runs", name="one", progress=False,
+                                 overrides=[*overrides, "train.folds=1"])
+    assert (result.run_dir / "test_metrics.json").is_file()
+    with pytest.raises(Started):  # at once, before the data is loaded
+        train_command.train(str(tiny_dataset), out=tmp_path / "runs", name="folds", progress=False,
+                            overrides=[*overrides, "train.folds=2", "train.fold_workers=2"])
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
 def test_killing_the_run_kills_its_fold_processes(tmp_path, warm_medclf):
     """SIGKILL to ``medclf train`` while two fold processes train: neither outlives it (they

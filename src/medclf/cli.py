@@ -129,9 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="medclf: %(levelname)s: %(message)s")
-    if args.command == "train":
-        from .commands.fold_processes import start_early
-        start_early()  # the fold processes' imports overlap this process's (see its module)
     command = importlib.import_module(f"medclf.commands.{args.command}")  # only the verb's imports
     try:
         return command.main(args)

@@ -5,9 +5,9 @@ A spawned process imports PyTorch, Lightning and MONAI again before it trains (a
 on a slow 2-core machine, paid by every fold process). The fork server imports them once,
 and each fold process is a copy of it, ready at once. The server never runs PyTorch code,
 so its copies do not inherit OpenMP thread pools (forking a process that has used them can
-hang its child). ``medclf train`` starts the server first (:func:`start_early`), so that its
-imports overlap the command's own imports and the dataset's loading. Standard library only:
-the command line imports this module before anything heavy.
+hang its child). ``medclf train`` starts the server as soon as its plan has fold models to
+train in processes (:func:`start_fold_server`), so that the server's imports overlap the
+dataset's loading and inspection; a run that trains one model starts none.
 
 Where ``forkserver`` does not exist (Windows), the fold processes are spawned.
 """
@@ -35,16 +35,18 @@ def fold_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def start_early() -> bool:
-    """Start the fork server now, in the background, when this process may train fold models
-    in parallel processes: at least 2 CPU cores, ``forkserver`` available, and not one of the
+def start_fold_server() -> bool:
+    """Start the fork server now, in the background, for a run whose plan trains fold models
+    in parallel processes (:func:`medclf.commands.folds.fold_threads` is not None): unless
+    ``forkserver`` is missing (Windows: the folds are spawned) or this is one of the
     processes of a distributed launch (they train folds in turn). Returns True when started.
 
-    The server costs one idle process (its imports, a few hundred MB) when the run turns
-    out to train one model, or on a GPU; it exits with this process.
+    Started once the plan is known, not when the command starts: importing the training
+    stack costs the server about 10 s of one core, which a run that trains one model, on a
+    2-core machine, would lose to it.
     """
     launched = any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
-    if cpu_cores() < 2 or launched or fold_context().get_start_method() != "forkserver":
+    if launched or fold_context().get_start_method() != "forkserver":
         return False
     from multiprocessing import forkserver
     forkserver.ensure_running()  # returns at once: the server imports PRELOAD on its own

@@ -39,7 +39,8 @@ from ..training.safety import advise_on_out_of_memory, check_free_space, check_w
 from ..training.task_modules import build_module
 from ..training.tasks import finalize_outputs, task_facts
 from ._init_from import check_source_leaks, record_source, with_init_from
-from .folds import fit_folds
+from .fold_processes import start_fold_server
+from .folds import fit_folds, fold_threads
 from .postrun import after_evaluation
 
 log = logging.getLogger("medclf")
@@ -108,6 +109,8 @@ def train(data: str | Path | None, config=None, overrides=None, out: str | Path 
         overrides = with_init_from(init_from, overrides)
     planned = plan_run(data, config, overrides)
     cfg, manifest, source = planned.config, planned.manifest, planned.source
+    if fold_threads(cfg, callbacks) is not None:
+        start_fold_server()  # its imports overlap the data's loading (see its module)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # seeded initialisation
     network = create_model(cfg.model, cfg.data.in_channels, manifest.num_classes)
@@ -193,6 +196,8 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
     if (run_dir / rundir.TEST_METRICS).exists():
         raise RunDirError(f"{run_dir} has finished (test_metrics.json exists); use 'medclf evaluate' "
                           "or start a new run")
+    if fold_threads(cfg) is not None:
+        start_fold_server()
     removed = remove_stale_temporaries(run_dir)
     if removed:
         log.warning("removed %d partly written file(s) of the killed run", len(removed))
