@@ -22,6 +22,11 @@ from conftest import SHARED_DATA, needs_data
 
 ADRENAL = SHARED_DATA / "medmnist" / "adrenalmnist3d_64.npz"
 
+QUICK_REPORT = ["explain.gallery_size=1", "eval.bootstrap=0"]
+"""A gallery of one right and one wrong volume (a volume's figure, nine panels in three slice
+planes, takes about 0.5 s) and no bootstrap intervals: these tests check training, evaluation
+and prediction."""
+
 
 def blob_volume(kind: str, rng, size: int = 16) -> np.ndarray:
     """uint8 (D, H, W): a bright ball or a bright slab, at a random place."""
@@ -165,7 +170,7 @@ def test_csv_manifest_keeps_patients_in_one_split(tmp_path):
 
 def test_train_3d_from_npz_end_to_end(tmp_path):
     path = write_npz(tmp_path / "blobs3d.npz")
-    result = medclf.train(path, overrides=["train.max_epochs=2"], out=tmp_path / "runs", name="vol",
+    result = medclf.train(path, overrides=["train.max_epochs=2", *QUICK_REPORT], out=tmp_path / "runs", name="vol",
                           progress=False)
     run = result.run_dir
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -320,7 +325,7 @@ def test_binary_masks_train_the_projection_branch_end_to_end(tmp_path):
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = masks, labels[:, None].astype(np.uint8)
     path = tmp_path / "masks.npz"
     np.savez(path, **arrays)
-    result = medclf.train(path, overrides=["train.max_epochs=2"], out=tmp_path / "runs", name="masks",
+    result = medclf.train(path, overrides=["train.max_epochs=2", *QUICK_REPORT], out=tmp_path / "runs", name="masks",
                           progress=False)
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert config["model"]["projection_branch"] is True and config["model"]["volume_pool"] == 0
