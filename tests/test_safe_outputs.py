@@ -11,7 +11,7 @@ from medclf.training import safety
 from medclf.training.module import Classifier
 
 FAST = ["--set", "train.max_epochs=1", "--set", "data.image_size=[24,24]", "--set", "model.filters=[4,8]",
-        "--set", "train.batch_size=8", "--no-progress"]
+        "--set", "train.batch_size=8", "--set", "explain.gallery_size=0", "--set", "eval.bootstrap=0", "--no-progress"]
 
 
 def test_overwrite_is_explicit_and_only_for_run_directories(tiny_dataset, tmp_path, capsys):

@@ -155,7 +155,8 @@ def test_training_from_disk_gives_the_metrics_of_memory(tiny_dataset, tmp_path, 
     # with test-time augmentation too: its views are built from the disk shard chunk by chunk
     from medclf.commands.train import train
     common = ["train.max_epochs=2", "data.image_size=[32,32]", "model.filters=[8,16]", "train.batch_size=8",
-              f"data.cache_dir={tmp_path / 'cache'}", "data.storage_dtype=float32", f"eval.tta={tta}"]
+              f"data.cache_dir={tmp_path / 'cache'}", "data.storage_dtype=float32", f"eval.tta={tta}",
+              "explain.gallery_size=0", "eval.bootstrap=0"]
     metrics = {}
     for storage in ("memory", "disk"):
         result = train(tiny_dataset, out=tmp_path / "runs", name=storage, progress=False,
