@@ -201,3 +201,34 @@ def test_gallery_of_most_confident_correct_and_wrong(tiny_run):
     chosen = select_gallery(frame, ["x", "y"], k=2)
     assert list(chosen.path) == ["c", "a", "d", "b"]  # correct by confidence, then top losses
     assert list(chosen["rank"]) == [1, 2, 1, 2]
+
+
+def test_the_overlay_figure_draws_the_image_the_heatmap_and_their_blend():
+    """Panels of original | heatmap (jet) | overlay (alpha blend), read back from the PNG's pixels."""
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from medclf.explain.overlay import GAP, LABEL_HEIGHT, PANEL, TITLE_HEIGHT, overlay_png
+
+    image = np.zeros((1, 40, 40), np.float32)
+    image[0, :, 20:] = 1.0  # right half white
+    heatmap = np.zeros((40, 40), np.float32)
+    heatmap[:20] = 1.0  # top half hot
+    figure = np.asarray(Image.open(io.BytesIO(overlay_png(image, heatmap, "a title", alpha=0.5))).convert("RGB"))
+    assert figure.shape[1] == 3 * PANEL + 4 * GAP
+    top = TITLE_HEIGHT + GAP + LABEL_HEIGHT
+    hot, cold = (np.array(colormaps["jet"](v)[:3]) * 255 for v in (1.0, 0.0))
+    white, black = np.full(3, 255.0), np.zeros(3)
+
+    def pixel(panel: int, row: int, col: int) -> np.ndarray:  # the centre of a quadrant of a panel
+        return figure[top + PANEL // 4 + row * PANEL // 2, GAP + panel * (PANEL + GAP) + PANEL // 4 + col * PANEL // 2]
+
+    np.testing.assert_allclose(pixel(0, 0, 0), black, atol=1)
+    np.testing.assert_allclose(pixel(0, 1, 1), white, atol=1)
+    np.testing.assert_allclose(pixel(1, 0, 0), hot, atol=1)
+    np.testing.assert_allclose(pixel(1, 1, 0), cold, atol=1)
+    np.testing.assert_allclose(pixel(2, 0, 1), (hot + white) / 2, atol=1)
+    np.testing.assert_allclose(pixel(2, 1, 0), (cold + black) / 2, atol=1)
+    assert (figure[:TITLE_HEIGHT] < 128).any()  # the title is written
