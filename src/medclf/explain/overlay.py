@@ -1,9 +1,9 @@
 """Side-by-side figures of an image, its heatmap and their overlay.
 
 The panels are composed as pixel arrays and written by Pillow, with matplotlib's ``jet``
-colormap and its bundled DejaVu Sans font: a matplotlib figure of three to nine axes took
-about 0.5 s to draw on a 2-core CPU (mostly building axes and ticks that are then hidden),
-and every evaluation draws a gallery of them.
+colormap and its bundled DejaVu Sans font. A matplotlib figure of three to nine axes spent
+most of its time building axes and ticks that were then hidden (about ten times as long on a
+CPU), and every evaluation draws a gallery of these figures.
 """
 from __future__ import annotations
 
