@@ -42,8 +42,6 @@ def server(trained, request, warm_medclf):
     covid run; yields once the service is ready (``/api/ready``: model loaded and warm)."""
     if request.param == "onnx":
         pytest.importorskip("onnxruntime")
-    root = trained / request.param
-    root.mkdir()
     port = free_port()
     process = warm_medclf.start(["serve", trained / "runs", "--host", "127.0.0.1", "--port", port,
                                  "--backend", request.param])  # in a fork of the warm server (conftest)

@@ -32,6 +32,8 @@ def test_a_forked_command_returns_its_status_and_output(warm, tiny_dataset):
     assert (done.returncode, done.stdout.strip()) == (0, f"medclf {__version__}")
     done = warm.run(["nosuchcommand"])
     assert done.returncode == 2 and "invalid choice: 'nosuchcommand'" in done.stderr
+    process = warm.start(["--version"])
+    assert process.communicate() == process.communicate() == (f"medclf {__version__}\n", "")  # a fixture's clean-up reads again
     done = warm.run(["train", str(tiny_dataset / "no-such-folder")])
     assert done.returncode == 2 and "no-such-folder" in done.stderr and "Traceback" not in done.stderr
     # fault injection reads the command's environment, not the server's: killed as a process is

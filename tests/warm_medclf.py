@@ -239,6 +239,7 @@ class WarmProcess:
         self.args = ["medclf", *args]
         self.returncode = None
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._texts: tuple[str, str] | None = None
         with open(os.devnull) as nothing:
             self._conn, reader, self.pid = _send(path, list(args), [nothing.fileno(), self._out.fileno(),
                                                                     self._err.fileno()], env, os.getcwd())
@@ -264,13 +265,17 @@ class WarmProcess:
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait, then the command's standard output and error; a second call returns them again
+        (a fixture's clean-up may call it after an error path did)."""
         self.wait(timeout)
-        texts = []
-        for file in (self._out, self._err):
-            file.seek(0)
-            texts.append(file.read().decode(errors="replace"))
-            file.close()
-        return texts[0], texts[1]
+        if self._texts is None:
+            texts = []
+            for file in (self._out, self._err):
+                file.seek(0)
+                texts.append(file.read().decode(errors="replace"))
+                file.close()
+            self._texts = (texts[0], texts[1])
+        return self._texts
 
     def send_signal(self, signum: int) -> None:
         """Signal the command's process (only: its fold processes must notice its end themselves)."""
@@ -300,6 +305,7 @@ class ColdProcess:
         import subprocess
         import tempfile
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._texts: tuple[str, str] | None = None
         self._popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err)
         self.args, self.pid = argv, self._popen.pid
 
