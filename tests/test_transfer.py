@@ -108,7 +108,8 @@ def test_init_from_run_freezes_backbone_records_source_and_flags_leaks(source, t
     assert leaks["source_run"] == str(source.resolve()) and leaks["n_source_train"] > 0
     flagged = {split: {r["path"].split("/")[-1]: r["duplicates"] for r in leaks[split]} for split in ("val", "test")}
     assert [(d["path"], d["kind"]) for d in flagged["test"]["copied.png"]] == [(exact, "exact")]
-    assert [(d["path"], d["kind"]) for d in flagged["val"]["near.jpg"]] == [(near, "near")]
+    # (near.jpg may also resemble another source training image: generated disks look alike)
+    assert (near, "near") in [(d["path"], d["kind"]) for d in flagged["val"]["near.jpg"]]
     assert flagged["val"]["near.jpg"][0]["correlation"] >= 0.97
     # (generated disks and bars at nearby places can also be near copies of each other: counted, not asserted)
     in_leaks = {r["path"] for r in inspection["leaks"]["test"]}

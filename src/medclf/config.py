@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union, get_args
 
@@ -43,8 +44,19 @@ class DataConfig(_Section):
     path_column: Optional[str] = Field(None, description="CSV sources: the column holding each image's path (default 'path'; relative paths are resolved against the CSV's folder).")
     label_columns: Optional[list[str]] = Field(None, min_length=1, description="CSV sources: the label column(s). One column of names: classification; several 0/1 columns: multi-label (one finding per column); one numeric column: regression (with data.task=regression, or inferred when every value is a number and there are many distinct values). Default: the 'label' column. On the command line: --set data.label_columns=[N,D,G].")
     group_column: Optional[str] = Field(None, description="CSV sources: the column naming the patient (or other group) of each image; all images of a group go to the same split (default 'patient_id' when present).")
+    patient_id_pattern: Optional[str] = Field(None, description="Class-per-folder sources: a regular expression (Python re) searched in each file's name (for a DICOM series folder, the folder's name); its first group, or the whole match if it has none, is the image's patient id, and the splits and folds medclf carves keep every patient's images together. E.g. '^(person\\d+)_' for person12_bacteria_3.jpeg. A file it does not match is an error that names the file. Default: no grouping (every image its own patient).")
     split_column: Optional[str] = Field(None, description="CSV sources: the column holding each row's split (train/val/test; empty cells are split by the fractions; default 'split' when present).")
     task: Optional[Literal["classification", "multilabel", "regression"]] = Field(None, description="What the labels are: classification (one class per image), multilabel (several 0/1 findings per image, one sigmoid each) or regression (a number per image). Null: inferred from data.label_columns and said in the log.")
+
+    @field_validator("patient_id_pattern")
+    @classmethod
+    def _pattern(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a regular expression ({err}): {value!r}") from None
+        return value
 
     @field_validator("label_columns", mode="before")
     @classmethod

@@ -19,13 +19,11 @@ from ..config import Config, load_yaml, validate
 from ..data.prepare import prepare_splits
 from ..data.preprocess import cache_root
 from ..data.sources import Manifest, discover_source, ignore_reason
-from ..data.store import ItemsByPath
 from ..diagnostics import write_architecture
 from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.checkpoint import EvaluationSplit, evaluate_model
 from ..evaluation.outputs import evaluate_task, summary_lines
 from ..evaluation.predict import pick_device, predict_probabilities, predict_tta, training_counts
-from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json, write_yaml
 from ..models import create_model
 from ..models.prior import add_logit_shift, fit_output_bias
@@ -39,6 +37,7 @@ from ..training.safety import advise_on_out_of_memory, check_free_space, check_w
 from ..training.task_modules import build_module
 from ..training.tasks import finalize_outputs, task_facts
 from ._init_from import check_source_leaks, record_source, with_init_from
+from ._inspection import adopt_moves, inspect_run
 from .fold_processes import start_fold_server
 from .folds import fit_folds, fold_threads
 from .postrun import after_evaluation
@@ -185,7 +184,7 @@ def _write_manifest(run_dir: Path, manifest, bad, cfg: Config) -> None:
 
 def _write_dataset(run_dir: Path, facts: dict, manifest: Manifest, bad: list) -> None:
     write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), "n_skipped": len(bad),
-                                          **task_facts(manifest)})
+                                          "carved_splits": list(manifest.carved), **task_facts(manifest)})
 
 
 def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
@@ -203,10 +202,12 @@ def _resume(run_dir: Path, progress: bool, started: float) -> TrainResult:
         log.warning("removed %d partly written file(s) of the killed run", len(removed))
     if (run_dir / rundir.SPLIT).exists() and (run_dir / rundir.DATASET).exists():
         run = rundir.load_run(run_dir)
-        stored = pd.read_csv(run_dir / rundir.SPLIT, dtype={"label": str, "path": str})
+        stored = pd.read_csv(run_dir / rundir.SPLIT, dtype={"label": str, "path": str, "patient_id": str})
         task = run.dataset.get("task", "classification")
-        columns = ["path", "label", "split"] + (run.class_names if task != "classification" else [])
-        manifest = Manifest(stored[columns].copy(), run.class_names, task=task)
+        columns = ["path", "label", "split"] + (run.class_names if task != "classification" else []) \
+            + (["patient_id"] if "patient_id" in stored.columns else [])
+        manifest = Manifest(stored[columns].copy(), run.class_names, task=task,
+                            carved=tuple(run.dataset.get("carved_splits", ())))
     else:  # killed while preprocessing: the seeded split is found again
         manifest = discover_source(cfg.data.source, cfg.data, cfg.seed)
         stored = None
@@ -243,7 +244,10 @@ def _fit_and_evaluate(run_dir: Path, cfg: Config, manifest, splits, network, pro
                       started: float, ckpt: Path | None, callbacks: list | None = None,
                       evaluate_test: bool = True) -> TrainResult:
     rank0 = launch_rank() == 0  # the other DDP processes write nothing of their own
-    leaks = inspect_run(run_dir, manifest, splits) if rank0 else {"val": set(), "test": set()}
+    if rank0:  # carved splits lose their copies of training images (DDP processes adopt rank 0's split)
+        splits, manifest, leaks = inspect_run(run_dir, manifest, splits, regroup=cfg.train.folds < 2)
+    else:
+        (splits, manifest), leaks = adopt_moves(run_dir, manifest, splits), {"val": set(), "test": set()}
     if rank0:  # a run started from another run: that run's training images against val/test
         leaks = check_source_leaks(run_dir, cfg, manifest, splits, leaks)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -333,29 +337,6 @@ def _fit_output_bias(run_dir: Path, model: torch.nn.Module, cfg: Config, manifes
                     [round(v, 3) for v in fitted["shift"]])
     write_json(run_dir / rundir.DATASET, facts)
     return fitted
-
-
-def inspect_run(run_dir: Path, manifest, splits: dict) -> dict[str, set[str]]:
-    """Inspect the dataset of a run from its already preprocessed arrays (no decoding),
-    write ``inspection.json`` and warn loudly about validation/test images that duplicate
-    training images.
-
-    Returns:
-        ``{"val": paths, "test": paths}`` of images duplicating a training image.
-    """
-    frame = manifest.frame
-    decoded = ItemsByPath({split: list(frame.path[frame.split == split]) for split in splits}, splits)
-    inspection = inspect_manifest(manifest, decoded=decoded)
-    write_json(run_dir / rundir.INSPECTION, inspection)
-    leaks = {s: leaked_paths(inspection, s) for s in ("val", "test")}
-    for split, paths in leaks.items():
-        if paths:
-            bar = "!" * 78
-            log.warning("\n%s\n%d %s image(s) duplicate training images (exact or near copies): "
-                        "their metrics are inflated. Listed in %s; set eval.drop_duplicates=true to drop them "
-                        "from the evaluation.\n  %s\n%s", bar, len(paths), split, run_dir / rundir.INSPECTION,
-                        "\n  ".join(sorted(paths)[:10]) + ("\n  ..." if len(paths) > 10 else ""), bar)
-    return leaks
 
 
 def main(args) -> int:

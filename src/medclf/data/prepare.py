@@ -7,6 +7,7 @@ memory-mapped shard on disk and read as :class:`~medclf.data.store.DiskImages` v
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def prepare_splits(manifest: Manifest, config) -> tuple[dict, Manifest, list[tup
     keep = np.array([a is not None for a in arrays])
     kept_frame = frame[keep].copy()
     kept_frame["sha"] = [h for h in hashes if h is not None]
-    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
+    kept = replace(manifest, frame=kept_frame.reset_index(drop=True))
     kept_arrays = [a for a in arrays if a is not None]
     check_shapes(kept_arrays, list(kept.frame.path))
     splits = {}
@@ -86,7 +87,7 @@ def _splits_from_disk(manifest: Manifest, config):
     check_bad_files(bad, config.data.on_bad_file)
     kept_frame = manifest.frame[keep].copy()
     kept_frame["sha"] = [h for h, k in zip(hashes, keep) if k]
-    kept = Manifest(kept_frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
+    kept = replace(manifest, frame=kept_frame.reset_index(drop=True))
     positions = np.flatnonzero(keep)  # shard rows of the kept items, in kept order
     splits = {}
     for split in ("train", "val", "test"):
@@ -134,7 +135,7 @@ def prepare_images(manifest: Manifest, config) -> tuple[torch.Tensor, Manifest, 
         raise DataError("none of the given images can be read")
     frame = manifest.frame[keep].copy()
     frame["sha"] = [h for h in hashes if h is not None]
-    kept = Manifest(frame.reset_index(drop=True), manifest.class_names, manifest.ignored, manifest.task)
+    kept = replace(manifest, frame=frame.reset_index(drop=True))
     return stack_arrays([a for a in arrays if a is not None], list(kept.frame.path)), kept, bad
 
 

@@ -30,17 +30,20 @@ def discover_source(source: str | os.PathLike, data_config, seed: int = 42) -> M
     text = str(source)
     if medmnist.is_npz_source(text):
         frame, class_names = medmnist.discover_npz(text, data_config.medmnist_root)
-        if "val" not in set(frame.split):
+        carved = () if "val" in set(frame.split) else ("val",)
+        if carved:
             frame = carve(frame, "train", "val", data_config.val_fraction, seed)
-        return Manifest(ordered(frame, sort_paths=False), class_names)
+        return Manifest(ordered(frame, sort_paths=False), class_names, carved=carved)
     if text.lower().endswith(".csv") and not Path(text).is_dir() and table.wants_table(data_config):
         return table.read_table(text, data_config, seed)  # named columns, multilabel, regression
     if text.lower().endswith(".csv") and not Path(text).is_dir():
         frame = csv.read_manifest_csv(text)
+        carved = tuple(split for split in ("val", "test") if split not in set(frame.split))
         frame = csv.split_manifest(frame, data_config.val_fraction, data_config.test_fraction, seed)
         class_names = sorted(set(frame.label))
         check_classes(frame[frame.split == "train"], sorted(set(frame[frame.split == "train"].label)), Path(text))
         if "patient_id" in frame and (frame.patient_id == "").all():
             frame = frame.drop(columns="patient_id")
-        return Manifest(ordered(frame), class_names)
-    return folder.discover(source, data_config.val_fraction, data_config.test_fraction, seed)
+        return Manifest(ordered(frame), class_names, carved=carved)
+    return folder.discover(source, data_config.val_fraction, data_config.test_fraction, seed,
+                           data_config.patient_id_pattern)

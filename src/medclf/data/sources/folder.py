@@ -13,20 +13,30 @@ folder that contains DICOM files is one volume (one manifest row whose path is t
 folder). Other sub-folders are searched recursively. Hidden files and folders
 (``.DS_Store``, ``._x.png``), ``Thumbs.db`` and ``desktop.ini`` are ignored, and so are
 files that are neither of these formats.
+
+With ``data.patient_id_pattern`` (a regular expression on the file name) every image gets
+a ``patient_id`` and the splits carved here keep each patient's images together
+(:func:`~.manifest.carve_groups`), as a CSV manifest's ``patient_id`` column does.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from ...errors import DataError
 from ..formats.dicom import looks_like_dicom, series_files
-from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve, check_classes
+from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve, carve_groups, check_classes
+
+log = logging.getLogger("medclf")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
+
+
 def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in IGNORED_NAMES
 
@@ -92,8 +102,43 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
 
 
+def patient_ids(paths, pattern: str) -> list[str]:
+    """The patient id of each path: the first group of ``pattern`` (Python ``re``, searched
+    in the file or series folder's name), or its whole match when it has no group.
+
+    Raises:
+        DataError: the pattern matches no (or an empty) id in some names; the message gives
+            their number and the first of them.
+    """
+    regex = re.compile(pattern)
+    ids, unmatched = [], []
+    for path in paths:
+        match = regex.search(Path(path).name)
+        found = (match.group(1) if regex.groups else match.group(0)) if match else None
+        if not found:
+            unmatched.append(str(path))
+        ids.append(found or "")
+    if unmatched:
+        raise DataError(f"data.patient_id_pattern {pattern!r} finds no patient id in the name of "
+                        f"{len(unmatched)} file(s), e.g. {unmatched[0]}; change the pattern so that it "
+                        "matches every file name (its first group is the id)")
+    return ids
+
+
+def _warn_shared_patients(frame: pd.DataFrame) -> None:
+    """Log the patient ids that recur across given split folders (the same patients, or a
+    numbering that restarts per folder: only the dataset's documentation can tell)."""
+    train = set(frame.patient_id[frame.split == "train"])
+    for split in ("val", "test"):
+        shared = sorted(train & set(frame.patient_id[frame.split == split]))
+        if shared:
+            log.warning("%d patient id(s) of the train/ folder also name images of the %s/ folder (e.g. %s): "
+                        "if they are the same patients, the %s split is not independent of training",
+                        len(shared), split, shared[0], split)
+
+
 def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction: float = 0.15,
-             seed: int = 42) -> Manifest:
+             seed: int = 42, patient_id_pattern: str | None = None) -> Manifest:
     """Build the split manifest of a class-per-folder tree.
 
     Args:
@@ -102,10 +147,13 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
             no ``val/`` folder (stratified by class, seeded).
         test_fraction: share held out as test when there is no ``test/`` folder.
         seed: seed of the random split.
+        patient_id_pattern: ``data.patient_id_pattern`` (:func:`patient_ids`): the frame gets a
+            ``patient_id`` column and the carved splits keep each patient's images together.
 
     Raises:
         DataError: the folder does not exist, a class folder has no images, there are
-            fewer than two classes, or the split folders disagree on the classes.
+            fewer than two classes, the split folders disagree on the classes, the pattern
+            misses a file name, or there are too few patients to carve a split.
     """
     root = Path(root)
     if not root.exists():
@@ -134,12 +182,15 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
             if extra:
                 raise DataError(f"{split_dirs[split]} has class folders that train/ lacks: "
                                 f"{', '.join(sorted(extra))}")
-        frame = pd.DataFrame(rows, columns=["path", "label", "split"])
+        frame = _with_patients(pd.DataFrame(rows, columns=["path", "label", "split"]), patient_id_pattern)
         check_classes(frame[frame.split == "train"], class_names, split_dirs["train"])
+        if patient_id_pattern:
+            _warn_shared_patients(frame)
+        carved = tuple(s for s in ("val", "test") if s not in split_dirs)
         if "test" not in split_dirs:
-            frame = carve(frame, "train", "test", test_fraction, seed)
+            frame = _carve(frame, "test", test_fraction, seed)
         if "val" not in split_dirs:
-            frame = carve(frame, "train", "val", val_fraction, seed)
+            frame = _carve(frame, "val", val_fraction, seed)
     else:
         classes = _class_folders(root)
         rows = []
@@ -150,14 +201,29 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
                                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
             rows += [(f, cls.name, "train") for f in files]
         class_names = [c.name for c in classes]
-        frame = pd.DataFrame(rows, columns=["path", "label", "split"])
+        frame = _with_patients(pd.DataFrame(rows, columns=["path", "label", "split"]), patient_id_pattern)
         check_classes(frame, class_names, root)
-        frame = carve(frame, "train", "test", test_fraction, seed)
-        frame = carve(frame, "train", "val", val_fraction / (1 - test_fraction), seed)
+        frame = _carve(frame, "test", test_fraction, seed)
+        frame = _carve(frame, "val", val_fraction / (1 - test_fraction), seed)
+        carved = ("val", "test")
 
     order = {s: i for i, s in enumerate(SPLITS)}
     frame = frame.sort_values(["split", "label", "path"], key=lambda col: col.map(order) if col.name == "split" else col)
-    return Manifest(frame.reset_index(drop=True), class_names, ignored)
+    return Manifest(frame.reset_index(drop=True), class_names, ignored, carved=carved)
+
+
+def _with_patients(frame: pd.DataFrame, pattern: str | None) -> pd.DataFrame:
+    if pattern:
+        frame["patient_id"] = patient_ids(frame.path, pattern)
+    return frame
+
+
+def _carve(frame: pd.DataFrame, target: str, fraction: float, seed: int) -> pd.DataFrame:
+    """A stratified ``fraction`` of the train rows to ``target``: whole patients at a time
+    when the frame has patient ids."""
+    if "patient_id" in frame.columns:
+        return carve_groups(frame, target, fraction, seed)
+    return carve(frame, "train", target, fraction, seed)
 
 
 def discover_labelled(root: str | os.PathLike) -> pd.DataFrame:

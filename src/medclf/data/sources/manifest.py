@@ -31,12 +31,16 @@ class Manifest:
             findings with ``|``) or ``regression`` (the target column named
             ``class_names[0]``, a number; ``label`` is its text). See
             :mod:`medclf.data.sources.table`.
+        carved: the splits medclf carved at random out of the training images (not given
+            by the data), which may be regrouped: copies of training images found by the
+            inspection go back to training (:mod:`medclf.data.regroup`).
     """
 
     frame: pd.DataFrame
     class_names: list[str]
     ignored: list[str] = field(default_factory=list)
     task: str = "classification"
+    carved: tuple[str, ...] = ()
 
     def targets(self, split: str) -> np.ndarray:
         """Training targets of ``split``: int64 ``(N,)`` class indices (classification),
