@@ -11,6 +11,7 @@ import torch
 from medclf.cli import main
 from medclf.data.regroup import copies_of_training, move_to_train
 from medclf.data.sources import Manifest
+from medclf.provenance import manifest_hash
 
 from conftest import make_dataset
 
@@ -45,6 +46,9 @@ def test_copies_are_found_through_chains_of_copies_and_patients_but_a_class_stay
     pairs = [("v1", "v0"), ("v0", "t0"), ("s1", "t3"), ("v2", "t1"), ("v3", "t3"), ("s0", "s2")]
     assert sorted(copies_of_training(manifest.frame, pairs, ("val", "test"))) == ["s1", "v0", "v1"]
     assert sorted(copies_of_training(manifest.frame, pairs, ("test",))) == ["s1"]  # a given val stays
+    # multi-label findings and regression targets have no classes to keep
+    assert sorted(copies_of_training(manifest.frame, pairs, ("val", "test"), keep_classes=False)) \
+        == ["s1", "v0", "v1", "v2", "v3"]
     assert copies_of_training(manifest.frame, [("s0", "s2")], ("val", "test")) == []
     ids = ["P1", "P2", "P3", "P4", "P5", "P5", "P6", "P7", "P0", "P4", "P8", "P9", "P10"]
     # s0 is another image of t3's patient P4; s1 copies t3
@@ -87,5 +91,7 @@ def test_a_run_moves_carved_copies_of_training_images_to_training(tmp_path, capl
     train_names = set(zip(by_name.cls[by_name.split == "train"], by_name.name[by_name.split == "train"]))
     assert len(val) >= 2 and not set(zip(val.cls, val.name)) & train_names  # no twin validates the other
     assert dataset["counts"]["val"] == val.label.value_counts().to_dict()
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["manifest_sha256"] == manifest_hash(split)  # the hash of the split as trained
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["n"] == int((split.split == "test").sum())

@@ -15,6 +15,8 @@ from ..data.regroup import copies_of_training, move_to_train
 from ..data.store import ItemsByPath
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json
+from ..provenance import manifest_hash
+from ..training.tasks import task_facts
 
 log = logging.getLogger("medclf")
 
@@ -38,8 +40,8 @@ def inspect_run(run_dir: Path, manifest, splits: dict, regroup: bool = True) -> 
     validation/test images that still duplicate training images (those of given splits).
 
     Args:
-        run_dir: the run directory (``split.csv`` and ``dataset.json`` are rewritten when
-            images move).
+        run_dir: the run directory (``split.csv``, ``dataset.json`` with its counts and task
+            facts, and the manifest hash of ``provenance.json`` are rewritten when images move).
         manifest: the run's :class:`~medclf.data.sources.Manifest` (``carved`` names the
             splits that may be regrouped).
         splits: ``{split: (images, labels)}`` of :func:`medclf.data.prepare.prepare_splits`.
@@ -52,12 +54,16 @@ def inspect_run(run_dir: Path, manifest, splits: dict, regroup: bool = True) -> 
     """
     inspection = _inspect(manifest, splits)
     carved = manifest.carved if regroup and not externally_launched() else ()
-    moving = copies_of_training(manifest.frame, duplicate_pairs(inspection), carved) if carved else []
+    moving = copies_of_training(manifest.frame, duplicate_pairs(inspection), carved,
+                                keep_classes=manifest.task == "classification") if carved else []
     if moving:
         splits, manifest = move_to_train(splits, manifest, moving)
         write_csv(run_dir / rundir.SPLIT, manifest.frame)
         facts = json.loads((run_dir / rundir.DATASET).read_text(encoding="utf-8"))
-        write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), "moved_to_train": len(moving)})
+        write_json(run_dir / rundir.DATASET, {**facts, "counts": manifest.counts(), **task_facts(manifest),
+                                              "moved_to_train": len(moving)})
+        record = json.loads((run_dir / rundir.PROVENANCE).read_text(encoding="utf-8"))
+        write_json(run_dir / rundir.PROVENANCE, {**record, "manifest_sha256": manifest_hash(manifest.frame)})
         log.warning("moved %d image(s) of the carved %s split(s) to training: exact or near copies of training "
                     "images (or other images of their patients), which would validate a model trained on their "
                     "twins", len(moving), "/".join(manifest.carved))

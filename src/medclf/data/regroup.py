@@ -27,24 +27,28 @@ from .store import DiskImages
 log = logging.getLogger("medclf")
 
 
-def copies_of_training(frame: pd.DataFrame, pairs: list[tuple[str, str]], carved) -> list[str]:
+def copies_of_training(frame: pd.DataFrame, pairs: list[tuple[str, str]], carved,
+                       keep_classes: bool = True) -> list[str]:
     """Paths of the ``carved`` splits whose group reaches the training split.
 
     Groups are those of the folds (:func:`medclf.data.folds.fold_groups`: duplicate pairs
     joined transitively, and the images of one patient when the frame has ``patient_id``).
-    A class keeps at least one image in every carved split: if all of a class's images in a
-    split are copies, they stay (with a warning), as a split without the class could not
-    be evaluated.
+    With ``keep_classes`` (classification), a class keeps at least one image in every
+    carved split: if all of a class's images in a split are copies, they stay (with a
+    warning), as a split without the class could not be evaluated.
 
     Args:
         frame: the manifest rows (``path``, ``label``, ``split``, optional ``patient_id``).
         pairs: ``(path, path)`` exact or near copies (:func:`medclf.data.folds.duplicate_pairs`).
         carved: names of the splits medclf carved (``Manifest.carved``).
+        keep_classes: keep every class in every carved split (False for multi-label
+            findings and regression targets, whose ``label`` texts are not classes).
     """
     groups = fold_groups(frame, pairs)
     in_train = np.isin(groups, groups[(frame.split == "train").to_numpy()])
     moving = frame.split.isin(list(carved)).to_numpy() & in_train
-    for (split, label), rows in frame[frame.split.isin(list(carved))].groupby(["split", "label"]):
+    carved_rows = frame[frame.split.isin(list(carved))] if keep_classes else frame.iloc[:0]
+    for (split, label), rows in carved_rows.groupby(["split", "label"]):
         positions = frame.index.get_indexer(rows.index)
         if moving[positions].all():
             moving[positions] = False

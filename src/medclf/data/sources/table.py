@@ -170,10 +170,11 @@ def read_table(csv_path: str | os.PathLike, data_config, seed: int = 42) -> Mani
         frame["label"] = cells.iloc[:, 0].to_numpy()
         strata = pd.Series(pd.qcut(values, q=min(5, len(np.unique(values))), labels=False,
                                    duplicates="drop")).map(lambda q: f"q{q}")
+    carved = tuple(name for name in ("val", "test") if name not in set(frame.split))
     frame = _split(frame, strata, data_config, seed)
     if not group_col:
         frame = frame.drop(columns="patient_id")
-    manifest = Manifest(ordered(frame), class_names, task=task)
+    manifest = Manifest(ordered(frame), class_names, task=task, carved=carved)
     _check_training(manifest, csv_path)
     return manifest
 
