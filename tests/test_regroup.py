@@ -49,6 +49,8 @@ def test_copies_are_found_through_chains_of_copies_and_patients_but_a_class_stay
     # multi-label findings and regression targets have no classes to keep
     assert sorted(copies_of_training(manifest.frame, pairs, ("val", "test"), keep_classes=False)) \
         == ["s1", "v0", "v1", "v2", "v3"]
+    # but no carved split is emptied: when v4 is a copy too, val keeps all five
+    assert copies_of_training(manifest.frame, pairs + [("v4", "t2")], ("val", "test"), keep_classes=False) == ["s1"]
     assert copies_of_training(manifest.frame, [("s0", "s2")], ("val", "test")) == []
     ids = ["P1", "P2", "P3", "P4", "P5", "P5", "P6", "P7", "P0", "P4", "P8", "P9", "P10"]
     # s0 is another image of t3's patient P4; s1 copies t3

@@ -33,27 +33,30 @@ def copies_of_training(frame: pd.DataFrame, pairs: list[tuple[str, str]], carved
 
     Groups are those of the folds (:func:`medclf.data.folds.fold_groups`: duplicate pairs
     joined transitively, and the images of one patient when the frame has ``patient_id``).
-    With ``keep_classes`` (classification), a class keeps at least one image in every
-    carved split: if all of a class's images in a split are copies, they stay (with a
-    warning), as a split without the class could not be evaluated.
+    No carved split is emptied, and with ``keep_classes`` (classification) no class of one:
+    if all of a split's (or a class's) images in it are copies, they stay (with a warning),
+    as a split without them could not be evaluated.
 
     Args:
         frame: the manifest rows (``path``, ``label``, ``split``, optional ``patient_id``).
         pairs: ``(path, path)`` exact or near copies (:func:`medclf.data.folds.duplicate_pairs`).
         carved: names of the splits medclf carved (``Manifest.carved``).
         keep_classes: keep every class in every carved split (False for multi-label
-            findings and regression targets, whose ``label`` texts are not classes).
+            findings and regression targets, whose ``label`` texts are not classes: only the
+            split is kept).
     """
     groups = fold_groups(frame, pairs)
     in_train = np.isin(groups, groups[(frame.split == "train").to_numpy()])
     moving = frame.split.isin(list(carved)).to_numpy() & in_train
-    carved_rows = frame[frame.split.isin(list(carved))] if keep_classes else frame.iloc[:0]
-    for (split, label), rows in carved_rows.groupby(["split", "label"]):
+    carved_rows = frame[frame.split.isin(list(carved))]
+    keys = ["split", "label"] if keep_classes else ["split"]
+    for key, rows in carved_rows.groupby(keys):
         positions = frame.index.get_indexer(rows.index)
         if moving[positions].all():
             moving[positions] = False
-            log.warning("all %d %s image(s) of class %s copy training images; they stay in %s so that it "
-                        "keeps the class", len(rows), split, label, split)
+            what = f"of class {key[1]} " if keep_classes else ""
+            log.warning("all %d %s image(s) %scopy training images; they stay so that the split keeps them",
+                        len(rows), key[0], what)
     return list(frame.path[moving])
 
 
