@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +15,7 @@ from ..data.store import ItemsByPath
 from ..inspect import inspect_manifest, leaked_paths
 from ..io import write_csv, write_json
 from ..provenance import manifest_hash
+from ..training.fit import launcher_variables_set
 from ..training.tasks import task_facts
 
 log = logging.getLogger("medclf")
@@ -25,12 +25,6 @@ def _inspect(manifest, splits: dict) -> dict:
     frame = manifest.frame
     decoded = ItemsByPath({split: list(frame.path[frame.split == split]) for split in splits}, splits)
     return inspect_manifest(manifest, decoded=decoded)
-
-
-def externally_launched() -> bool:
-    """True in a process started by torchrun, SLURM or another launcher: its peers prepare
-    their own splits at the same time, so none may regroup them."""
-    return any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
 
 
 def inspect_run(run_dir: Path, manifest, splits: dict, regroup: bool = True) -> tuple[dict, object, dict[str, set[str]]]:
@@ -53,7 +47,8 @@ def inspect_run(run_dir: Path, manifest, splits: dict, regroup: bool = True) -> 
         ``{"val": paths, "test": paths}`` of images duplicating a training image.
     """
     inspection = _inspect(manifest, splits)
-    carved = manifest.carved if regroup and not externally_launched() else ()
+    # a process of a torchrun/SLURM launch: its peers prepare their own splits at the same time
+    carved = manifest.carved if regroup and not launcher_variables_set() else ()
     moving = copies_of_training(manifest.frame, duplicate_pairs(inspection), carved,
                                 keep_classes=manifest.task == "classification") if carved else []
     if moving:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+from ..training.fit import launcher_variables_set
+
 PRELOAD = ["medclf.commands.folds"]
 """Modules the fork server imports once: the fold training code and what it imports."""
 
@@ -45,8 +47,7 @@ def start_fold_server() -> bool:
     stack costs the server about 10 s of one core, which a run that trains one model, on a
     2-core machine, would lose to it.
     """
-    launched = any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
-    if launched or fold_context().get_start_method() != "forkserver":
+    if launcher_variables_set() or fold_context().get_start_method() != "forkserver":
         return False
     from multiprocessing import forkserver
     forkserver.ensure_running()  # returns at once: the server imports PRELOAD on its own

@@ -47,8 +47,9 @@ def copies_of_training(frame: pd.DataFrame, pairs: list[tuple[str, str]], carved
     """
     groups = fold_groups(frame, pairs)
     in_train = np.isin(groups, groups[(frame.split == "train").to_numpy()])
-    moving = frame.split.isin(list(carved)).to_numpy() & in_train
-    carved_rows = frame[frame.split.isin(list(carved))]
+    in_carved = frame.split.isin(list(carved)).to_numpy()
+    moving = in_carved & in_train
+    carved_rows = frame[in_carved]
     keys = ["split", "label"] if keep_classes else ["split"]
     for key, rows in carved_rows.groupby(keys):
         positions = frame.index.get_indexer(rows.index)

@@ -28,6 +28,12 @@ from .safety import advise_on_out_of_memory
 RUN_DIR_ENV = "MEDCLF_RUN_DIR"  # rank 0 tells the DDP processes it launches where its run is
 
 
+def launcher_variables_set() -> bool:
+    """True in a process started by a launcher (Lightning's DDP, torchrun, SLURM): one of
+    ``WORLD_SIZE``, ``LOCAL_RANK`` or ``RANK`` is set, whatever its value."""
+    return any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"))
+
+
 def launch_rank() -> int:
     """This process's global rank as set by the launcher (Lightning, torchrun, SLURM); 0 alone.
 

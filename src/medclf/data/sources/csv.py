@@ -15,7 +15,7 @@ import pandas as pd
 
 from ...errors import DataError
 from ..formats.npz import is_npz_item
-from .manifest import SPLIT_ALIASES, carve, carve_groups
+from .manifest import SPLIT_ALIASES, carve_split
 
 REQUIRED = ("path", "label")
 
@@ -93,12 +93,10 @@ def split_manifest(frame: pd.DataFrame, val_fraction: float, test_fraction: floa
     pending = "train"
     frame.loc[frame.split == "", "split"] = pending
     if "test" not in given_splits:
-        frame = carve_groups(frame, "test", test_fraction, seed) if grouped else \
-            carve(frame, "train", "test", test_fraction, seed)
+        frame = carve_split(frame, "test", test_fraction, seed)
     if "val" not in given_splits:
         fraction = val_fraction if "test" in given_splits else val_fraction / (1 - test_fraction)
-        frame = carve_groups(frame, "val", fraction, seed) if grouped else \
-            carve(frame, "train", "val", fraction, seed)
+        frame = carve_split(frame, "val", fraction, seed)
     return frame
 
 

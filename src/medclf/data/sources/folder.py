@@ -16,7 +16,7 @@ files that are neither of these formats.
 
 With ``data.patient_id_pattern`` (a regular expression on the file name) every image gets
 a ``patient_id`` and the splits carved here keep each patient's images together
-(:func:`~.manifest.carve_groups`), as a CSV manifest's ``patient_id`` column does.
+(:func:`~.manifest.carve_split`), as a CSV manifest's ``patient_id`` column does.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 from ...errors import DataError
 from ..formats.dicom import looks_like_dicom, series_files
-from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve, carve_groups, check_classes
+from .manifest import SPLIT_ALIASES, SPLITS, Manifest, carve_split, check_classes
 
 log = logging.getLogger("medclf")
 
@@ -188,9 +188,9 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
             _warn_shared_patients(frame)
         carved = tuple(s for s in ("val", "test") if s not in split_dirs)
         if "test" not in split_dirs:
-            frame = _carve(frame, "test", test_fraction, seed)
+            frame = carve_split(frame, "test", test_fraction, seed)
         if "val" not in split_dirs:
-            frame = _carve(frame, "val", val_fraction, seed)
+            frame = carve_split(frame, "val", val_fraction, seed)
     else:
         classes = _class_folders(root)
         rows = []
@@ -203,8 +203,8 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction:
         class_names = [c.name for c in classes]
         frame = _with_patients(pd.DataFrame(rows, columns=["path", "label", "split"]), patient_id_pattern)
         check_classes(frame, class_names, root)
-        frame = _carve(frame, "test", test_fraction, seed)
-        frame = _carve(frame, "val", val_fraction / (1 - test_fraction), seed)
+        frame = carve_split(frame, "test", test_fraction, seed)
+        frame = carve_split(frame, "val", val_fraction / (1 - test_fraction), seed)
         carved = ("val", "test")
 
     order = {s: i for i, s in enumerate(SPLITS)}
@@ -216,14 +216,6 @@ def _with_patients(frame: pd.DataFrame, pattern: str | None) -> pd.DataFrame:
     if pattern:
         frame["patient_id"] = patient_ids(frame.path, pattern)
     return frame
-
-
-def _carve(frame: pd.DataFrame, target: str, fraction: float, seed: int) -> pd.DataFrame:
-    """A stratified ``fraction`` of the train rows to ``target``: whole patients at a time
-    when the frame has patient ids."""
-    if "patient_id" in frame.columns:
-        return carve_groups(frame, target, fraction, seed)
-    return carve(frame, "train", target, fraction, seed)
 
 
 def discover_labelled(root: str | os.PathLike) -> pd.DataFrame:

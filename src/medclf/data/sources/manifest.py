@@ -122,3 +122,11 @@ def carve_groups(frame: pd.DataFrame, target: str, fraction: float, seed: int) -
     frame = frame.copy()
     frame.loc[pool.index[picked], "split"] = target
     return frame
+
+
+def carve_split(frame: pd.DataFrame, target: str, fraction: float, seed: int) -> pd.DataFrame:
+    """A stratified ``fraction`` of the train rows to ``target``: whole patients at a time
+    (:func:`carve_groups`) when every row has a ``patient_id``, else image by image (:func:`carve`)."""
+    if "patient_id" in frame.columns and (frame.patient_id != "").all():
+        return carve_groups(frame, target, fraction, seed)
+    return carve(frame, "train", target, fraction, seed)
