@@ -35,6 +35,17 @@ def test_small_images_keep_their_size_with_a_full_resolution_narrow_network():
     assert cfg.model.spatial_dims == 2 and cfg.eval.tta is False
 
 
+@pytest.mark.parametrize("train", [BALANCED, {"a": 300, "b": 300}])  # one model; the k-fold ensemble
+def test_classification_images_that_train_with_the_mirror_predict_with_it(train):
+    """2D classification: the image and its mirror averaged (no shifts) when training flips
+    left-right, for the one model and the k-fold ensemble; thumbnails (no flips): one pass."""
+    cfg = Planner(fp2d([512, 512], train)).plan()
+    assert cfg.augment.flip_prob > 0 and cfg.eval.tta is True and cfg.eval.tta_shift == 0.0
+    assert (cfg.train.folds >= 2) is (train is not BALANCED)
+    small = Planner(fp2d([28, 28], train)).plan()
+    assert small.augment.flip_prob == 0.0 and small.eval.tta is False
+
+
 @pytest.mark.parametrize("size, side", [([1500, 1600], 224), ([100, 120], 100), ([0, 0], 224)])
 def test_larger_images_are_shrunk_never_upsampled_and_keep_the_default_network(size, side):
     default = Config()
