@@ -179,3 +179,40 @@ def test_indexed_near_duplicate_search_equals_all_pairs(monkeypatch, pca_sample)
     assert np.allclose([c for *_, c, _ in indexed], [c for *_, c, _ in reference])
     assert {(k, n - 10 + k) for k in range(1, 10)} <= {(i, j) for i, j, _, _ in indexed}
     assert (0, n - 10) not in {(i, j) for i, j, _, _ in indexed}
+
+
+def test_file_names_with_patient_ids_get_a_suggested_pattern_and_image_numbers_none(tmp_path):
+    """Kermany-style names (``person7_virus_2.jpeg``): several images per id give a suggestion
+    with its counts; bare image numbers (``3.png``, restarting per folder) give none."""
+    from medclf.data.sources.folder import discover
+    from medclf.inspect.patients import suggest_patient_pattern, suggestion_lines
+
+    rng = np.random.default_rng(5)
+    for cls, prefix in (("a", "person"), ("b", "IM-0")):
+        folder = tmp_path / "named" / "train" / cls
+        folder.mkdir(parents=True)
+        for patient in range(6):
+            for image in range(3 if patient < 3 else 1):
+                Image.fromarray(xray_like(rng, 32)).save(folder / f"{prefix}{patient}_x_{image}.png")
+    suggestion = suggest_patient_pattern(discover(tmp_path / "named").frame)
+    assert suggestion["n_files"] == 24 and suggestion["n_ids"] == 12
+    assert suggestion["grouped_share"] == 0.75 and suggestion["largest"][0][1] == 3
+    assert "data.patient_id_pattern=" in suggestion_lines(suggestion)[1]
+    named = discover(tmp_path / "named", patient_id_pattern=suggestion["pattern"]).frame
+    assert named.patient_id.nunique() == 12  # the suggestion is a valid pattern for every file
+    assert suggest_patient_pattern(named) is None  # ids given: nothing to suggest
+
+    build(tmp_path / "numbered", rng, per_class=4)  # 0.png ... 3.png in every folder
+    assert suggest_patient_pattern(discover(tmp_path / "numbered").frame) is None
+    assert suggestion_lines(None) == []
+
+
+@needs_data(SHARED_DATA / "chest-xray-pneumonia")
+def test_chest_xray_file_names_suggest_person_ids():
+    """On the real chest-xray-pneumonia tree the suggestion groups ``personN`` files."""
+    from medclf.data.sources.folder import discover
+    from medclf.inspect.patients import suggest_patient_pattern
+
+    suggestion = suggest_patient_pattern(discover(SHARED_DATA / "chest-xray-pneumonia").frame)
+    assert suggestion is not None and suggestion["n_files"] == 5840
+    assert 1000 < suggestion["n_ids"] < 5000 and suggestion["grouped_share"] > 0.5
