@@ -5,9 +5,9 @@ than it is; many public sets name files after the patient (``person12_virus_3.jp
 ``00000001_000.png``, ``IM-0115-0001.jpeg``, ``0_left.jpg``). :func:`suggest_patient_pattern`
 tries one pattern, the leading letters and the first number of the name, followed by more
 of the name (a bare ``12.png`` is an image number, often restarting in every folder), and
-reports it when it groups several images under one id. It is a suggestion, never applied on its own:
-a wrong id merges or splits patients silently, and only the dataset's documentation can
-confirm it.
+reports it when it groups several images under one id. It is a suggestion, never applied
+on its own: a wrong id merges or splits patients silently, and only the dataset's
+documentation can confirm it.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def suggest_patient_pattern(frame: pd.DataFrame) -> dict | None:
 
     Returns:
         None when the frame already has patient ids, when the candidate (:data:`CANDIDATE`)
-        misses some file name or is the whole of a name (before its extension), or when fewer than :data:`MIN_GROUPED_SHARE` of the files share
-        their id with another file; else ``pattern``, ``n_files``, ``n_ids``, ``grouped_share``
+        misses some file name or is the whole of a name (before its extension), or when
+        fewer than :data:`MIN_GROUPED_SHARE` of the files share their id with another file; else ``pattern``, ``n_files``, ``n_ids``, ``grouped_share``
         (files whose id names two or more), ``largest`` (``[id, files]`` of the
         :data:`LARGEST_SHOWN` largest groups) and ``cross_split`` (ids with files in two given
         or carved splits).

@@ -108,8 +108,8 @@ def plan_task(cfg, fp: dict) -> None:
     with negatives/positives weights -> 0.431 without, macro ROC AUC 0.772 -> 0.782.
 
     Multilabel 2D plans that train with left-right flips also predict with them
-    (``eval.tta``, the image and its mirror averaged, no shifts), as the k-fold
-    classification plan does. Decided on validation figures of ODIR fundus photographs, in
+    (``eval.tta``, the image and its mirror averaged, no shifts), as 2D classification
+    plans do. Decided on validation figures of ODIR fundus photographs, in
     each of three runs (224, 160 and 128 px): macro ROC AUC +0.004, +0.009, +0.004 and mAP
     +0.022, +0.019, +0.011. Regression keeps one pass: on bone age the mirror did not lower
     the validation error (20.46 -> 20.61 months).
